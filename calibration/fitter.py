@@ -1,0 +1,331 @@
+"""Gradient-descent fit of physics parameters: optimiser, clipping, schedulers, mini-batches, checkpoints.
+
+The fitter is generic: ``forward(params, data[, noise=, seed=]) -> Hits-like`` and
+``loss(guess, target[, n_units=]) -> scalar``.  One iteration = one mini-batch: simulate the guess with the
+current parameters, compare with the cached target, back-propagate to the internal (normalised) leaves,
+(optionally) all-reduce across ranks, record, clip, step, project into bounds, step the scheduler.
+
+Determinism: batch order per epoch and the guess-noise seeds are derived from (seed, epoch/iteration, batch)
+rather than drawn from a running generator, and the global RNG states are checkpointed too, so a resumed fit
+follows the uninterrupted trajectory bit for bit on CPU.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from ._io import write_json
+from .distributed import DistContext
+from .forward import accepts, call_forward
+from .history import History
+from .paramsets import ParamSet
+from .targets import derive_seed, simulate_targets
+from .uncertainty import covariance_from_hessian, fd_hessian, nan_to_none, to_physical
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
+              "lbfgs": torch.optim.LBFGS}
+
+
+@dataclass
+class FitConfig:
+    iterations: int = 200
+    optimizer: str = "adam"
+    optimizer_kwargs: Dict[str, Any] = field(default_factory=dict)
+    lr_scale: float = 1.0                       # multiplies every parameter's learning rate
+    clip_norm: Optional[float] = 1.0            # clip_grad_norm_ on the internal leaves; None = off
+    scheduler: Optional[str] = None             # name in torch.optim.lr_scheduler
+    scheduler_kwargs: Dict[str, Any] = field(default_factory=dict)
+    scheduler_step: str = "epoch"               # "epoch" (after every pass over the batches) or "iteration"
+    checkpoint_every: int = 10
+    seed: int = 0
+    shuffle: bool = True                        # batch order per epoch
+    noise_guess: bool = False
+    progress: bool = True
+    history_format: str = "json"                # json | hdf5
+    stop_after: Optional[int] = None            # test hook: leave after this many iterations, as if killed
+    hessian: bool = True
+    hessian_step: float = 1e-3                  # FD step in internal units
+    errordef_up: float = 1.0                    # cov = 2·up·H⁻¹ (see uncertainty.py)
+    plots: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FitInterrupted(Exception):
+    pass
+
+
+class Fitter:
+    def __init__(self, paramset: ParamSet, forward: Callable, loss_fn: Callable, batches: Sequence,
+                 config: FitConfig, *, targets: Optional[Sequence] = None,
+                 target_values: Optional[Mapping[str, float]] = None, target_noise: bool = False,
+                 initial_values: Optional[Mapping[str, float]] = None, fixed: Optional[Mapping[str, float]] = None,
+                 out_dir: Optional[str] = None, dist: Optional[DistContext] = None, dtype=torch.float64,
+                 device="cpu", meta: Optional[Mapping] = None):
+        if not batches:
+            raise ValueError("no batch to fit (did the selection keep any track?)")
+        if config.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        self.paramset = paramset
+        self.forward = forward
+        self.loss_fn = loss_fn
+        self.config = config
+        self.dist = dist or DistContext()
+        self.dtype = dtype
+        self.device = device
+        self.out_dir = out_dir
+        self.fixed = dict(fixed or {})
+        self.meta = dict(meta or {})
+        self.batches = list(batches)
+        self.local_batches = [self.dist.shard(b) for b in self.batches]
+        self.target_values = None if target_values is None else {k: float(v) for k, v in target_values.items()}
+        self.initial_values = {s.name: float((initial_values or {}).get(s.name, s.nominal)) for s in paramset}
+        self._loss_takes_units = accepts(loss_fn, "n_units")
+        self.base = paramset.base_params(dtype=dtype, device=device, fixed=self.fixed)
+        if targets is None:
+            if self.target_values is None:
+                raise ValueError("give either targets or target_values (closure test)")
+            cache = None if out_dir is None else os.path.join(out_dir, "targets")
+            describe = getattr(forward, "describe", None)
+            tag = "" if not self.dist.enabled else f"_r{self.dist.rank}of{self.dist.world}"
+            targets = simulate_targets(forward, paramset, self.local_batches, self.target_values, dtype=dtype,
+                                       device=device, noise=target_noise, seed=config.seed, fixed=self.fixed,
+                                       cache_dir=cache, tag=tag,
+                                       cache_meta={"forward": describe() if callable(describe) else repr(forward),
+                                                   **self.meta.get("input", {})})
+        if len(targets) != len(self.local_batches):
+            raise ValueError(f"{len(targets)} targets for {len(self.local_batches)} batches")
+        self.targets = list(targets)
+
+    # ------------------------------------------------------------------ pieces
+    def _order(self, epoch: int) -> np.ndarray:
+        nb = len(self.batches)
+        if not self.config.shuffle or nb == 1:
+            return np.arange(nb)
+        return np.random.default_rng(derive_seed(self.config.seed, 4, epoch)).permutation(nb)
+
+    def _batch_loss(self, leaves: List[torch.Tensor], b: int, noise_seed: int) -> torch.Tensor:
+        """Mean loss over the local units of batch ``b`` (graph to ``leaves``)."""
+        batch = self.local_batches[b]
+        params = self.paramset.build_params(leaves, self.base)
+        out = call_forward(self.forward, params, batch.data, noise=self.config.noise_guess, seed=noise_seed)
+        if self._loss_takes_units:
+            return self.loss_fn(out, self.targets[b], n_units=batch.n_units)
+        return self.loss_fn(out, self.targets[b])
+
+    def _loss_and_grad(self, leaves: List[torch.Tensor], b: int, it: int) -> torch.Tensor:
+        for leaf in leaves:
+            leaf.grad = None
+        n_local = self.local_batches[b].n_units
+        if n_local == 0:
+            loss = torch.zeros((), dtype=self.dtype, device=self.device)
+            for leaf in leaves:
+                leaf.grad = torch.zeros_like(leaf)
+        else:
+            loss = self._batch_loss(leaves, b, derive_seed(self.config.seed, 2, it, b))
+            loss.backward()
+            for leaf in leaves:
+                if leaf.grad is None:
+                    leaf.grad = torch.zeros_like(leaf)
+        return self.dist.reduce_grads(leaves, loss, n_local)
+
+    def evaluate(self, theta: torch.Tensor, need_grad: bool = True):
+        """Loss and gradient over *all* batches (unit-weighted mean) at internal point ``theta`` [P]."""
+        leaves = [theta[k].detach().clone().requires_grad_(need_grad) for k in range(theta.numel())]
+        total_loss = torch.zeros((), dtype=self.dtype, device=self.device)
+        grad_sum = torch.zeros(len(leaves), dtype=self.dtype, device=self.device)
+        n_total = 0
+        for b, batch in enumerate(self.local_batches):
+            if batch.n_units == 0:
+                continue
+            with torch.set_grad_enabled(need_grad):
+                loss = self._batch_loss(leaves, b, derive_seed(self.config.seed, 3, b))
+            if need_grad:
+                grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+                grad_sum += torch.stack([torch.zeros((), dtype=self.dtype, device=self.device) if g is None else g.reshape(())
+                                         for g in grads]) * batch.n_units
+            total_loss += loss.detach() * batch.n_units
+            n_total += batch.n_units
+        packed = torch.cat([grad_sum, total_loss.reshape(1),
+                            torch.tensor([float(n_total)], dtype=self.dtype, device=self.device)])
+        if self.dist.enabled:
+            import torch.distributed as tdist
+            tdist.all_reduce(packed, op=tdist.ReduceOp.SUM)
+        n = packed[-1].clamp_min(1.0)
+        return packed[-2] / n, packed[:-2] / n
+
+    def _make_optimizer(self, leaves):
+        cfg = self.config
+        cls = OPTIMIZERS[cfg.optimizer]
+        if cfg.optimizer == "lbfgs":
+            # L-BFGS: one parameter group, so per-parameter learning rates do not apply; lr 1 with a strong-Wolfe
+            # line search unless given in optimizer_kwargs.  No gradient clipping (it would corrupt the curvature
+            # pairs); use full batches (one batch), since L-BFGS assumes a deterministic objective.
+            kwargs = {"lr": 1.0, "line_search_fn": "strong_wolfe", **cfg.optimizer_kwargs}
+            return cls(leaves, **kwargs)
+        return cls(self.paramset.param_groups(leaves, cfg.lr_scale), **cfg.optimizer_kwargs)
+
+    def _make_scheduler(self, optimizer):
+        name = self.config.scheduler
+        if not name:
+            return None
+        if not hasattr(torch.optim.lr_scheduler, name):
+            raise ValueError(f"unknown LR scheduler {name!r} (a class of torch.optim.lr_scheduler)")
+        return getattr(torch.optim.lr_scheduler, name)(optimizer, **self.config.scheduler_kwargs)
+
+    def _write(self, path_fn, *args):
+        if self.out_dir is not None and self.dist.is_main:
+            path_fn(*args)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, resume: bool = False) -> Dict[str, Any]:
+        cfg = self.config
+        ps = self.paramset
+        leaves = ps.make_leaves(self.initial_values, dtype=self.dtype, device=self.device)
+        optimizer = self._make_optimizer(leaves)
+        scheduler = self._make_scheduler(optimizer)
+        history = History(ps.names, self.target_values, self.initial_values, {s.name: s.norm for s in ps},
+                          {s.name: s.unit for s in ps})
+        start, wall_prev = 0, 0.0
+        ck_path = None if self.out_dir is None else ckpt.checkpoint_path(self.out_dir)
+        if resume and ck_path is not None and os.path.exists(ck_path):
+            state = ckpt.load_checkpoint(ck_path)
+            saved = state["meta"].get("params")
+            if saved is not None and saved != ps.names:
+                raise ValueError(f"checkpoint fits {saved}, this run fits {ps.names}")
+            with torch.no_grad():
+                for leaf, value in zip(leaves, state["leaves"]):
+                    leaf.copy_(value.to(dtype=leaf.dtype, device=leaf.device))
+            optimizer.load_state_dict(state["optimizer"])
+            if scheduler is not None and state["scheduler"] is not None:
+                scheduler.load_state_dict(state["scheduler"])
+            ckpt.set_rng_state(state["rng"])
+            history = History.from_dict(state["history"])
+            start, wall_prev = int(state["iteration"]), float(state["wall_time_s"])
+        else:
+            torch.manual_seed(cfg.seed)
+            np.random.seed(cfg.seed % (2 ** 32))
+            random.seed(cfg.seed)
+        t0 = time.perf_counter()
+        nb = len(self.batches)
+        pbar = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm import tqdm
+            pbar = tqdm(total=cfg.iterations, initial=start, desc="fit", dynamic_ncols=True, leave=False)
+        it = start
+        done_here = 0
+        history_name = "history.json" if cfg.history_format == "json" else "history.h5"
+        try:
+            while it < cfg.iterations:
+                if cfg.stop_after is not None and done_here >= cfg.stop_after:
+                    return {"interrupted": True, "iteration": it}
+                epoch, pos = divmod(it, nb)
+                b = int(self._order(epoch)[pos])
+                values = ps.physical_values(leaves)
+                if cfg.optimizer == "lbfgs":
+                    record = {}
+
+                    def closure():
+                        loss_c = self._loss_and_grad(leaves, b, it)
+                        if "loss" not in record:
+                            record["loss"] = float(loss_c)
+                            record["grads"] = [float(l.grad) for l in leaves]
+                        return loss_c
+                    optimizer.step(closure)
+                    loss_value, grads = record["loss"], record["grads"]
+                else:
+                    loss = self._loss_and_grad(leaves, b, it)
+                    loss_value = float(loss)
+                    grads = [float(l.grad) for l in leaves]
+                    if all(math.isfinite(g) for g in grads) and math.isfinite(loss_value):
+                        if cfg.clip_norm:
+                            torch.nn.utils.clip_grad_norm_(leaves, cfg.clip_norm)
+                        optimizer.step()
+                    else:
+                        grads = [math.nan] * len(leaves)    # step skipped
+                ps.project_(leaves)
+                lrs = {s.name: float(optimizer.param_groups[0 if cfg.optimizer == "lbfgs" else k]["lr"])
+                       for k, s in enumerate(ps)}
+                history.append(it, loss_value, b, values, dict(zip(ps.names, grads)), lrs)
+                if scheduler is not None and (cfg.scheduler_step == "iteration" or pos == nb - 1):
+                    if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                        scheduler.step(loss_value)
+                    else:
+                        scheduler.step()
+                it += 1
+                done_here += 1
+                if pbar is not None:
+                    pbar.update(1)
+                    pbar.set_postfix({"loss": f"{loss_value:.4g}",
+                                      **{k: f"{v:.4g}" for k, v in ps.physical_values(leaves).items()}})
+                if ck_path is not None and (it % max(cfg.checkpoint_every, 1) == 0 or it == cfg.iterations):
+                    wall = wall_prev + time.perf_counter() - t0
+                    self._write(lambda: ckpt.save_checkpoint(
+                        ck_path, iteration=it, leaves=leaves, optimizer=optimizer, scheduler=scheduler,
+                        history=history, wall_time_s=wall, meta={"params": ps.names, "config": cfg.to_dict()}))
+                    self._write(lambda: history.save(os.path.join(self.out_dir, history_name), cfg.history_format))
+        finally:
+            if pbar is not None:
+                pbar.close()
+        return self._finish(leaves, history, it, wall_prev + time.perf_counter() - t0, history_name)
+
+    # ------------------------------------------------------------------ end of fit
+    def _finish(self, leaves, history: History, iterations: int, wall: float, history_name: str) -> Dict[str, Any]:
+        cfg = self.config
+        ps = self.paramset
+        self.history = history
+        theta = torch.stack([leaf.detach().reshape(()) for leaf in leaves])
+        final_loss, _ = self.evaluate(theta, need_grad=False)
+        unc = None
+        if cfg.hessian:
+            hess = fd_hessian(lambda th: self.evaluate(th)[1], theta, cfg.hessian_step)
+            unc = covariance_from_hessian(hess, cfg.errordef_up)
+            cov_phys = to_physical(unc["covariance"], ps.jacobians())
+            sigma_phys = np.where(np.isfinite(unc["sigma"]), np.sqrt(np.abs(np.diag(cov_phys))), np.nan)
+        fitted = ps.physical_values(leaves)
+        result = {
+            "params": {s.name: {"initial": self.initial_values[s.name],
+                                "target": None if self.target_values is None else self.target_values.get(s.name),
+                                "fitted": fitted[s.name],
+                                "sigma": None if unc is None else nan_to_none(sigma_phys[k]),
+                                "unit": s.unit, "norm": s.norm, "lr": s.lr}
+                       for k, s in enumerate(ps)},
+            "iterations": int(iterations),
+            "final_loss": float(final_loss),
+            "correlation": None if unc is None else nan_to_none(unc["correlation"]),
+            "covariance": None if unc is None else nan_to_none(cov_phys),
+            "hessian_internal": None if unc is None else nan_to_none(hess),
+            "hessian_posdef": None if unc is None else unc["hessian_posdef"],
+            "uncertainty_convention": f"cov = 2*up*H^-1 with up = {cfg.errordef_up} (loss rises by up at 1 sigma); "
+                                      f"H by central differences of gradients, step {cfg.hessian_step} (internal units)",
+            "wall_time_s": float(wall),
+            "world_size": self.dist.world,
+            "link_vdrift_efield": ps.link_vdrift_efield,
+            "config": cfg.to_dict(),
+            "paramset": ps.to_dict(),
+            "meta": self.meta,
+            "history_file": history_name,
+        }
+        for name, entry in result["params"].items():
+            if entry["target"] is not None:
+                entry["residual_rel"] = (entry["fitted"] - entry["target"]) / entry["target"]
+        if self.out_dir is not None and self.dist.is_main:
+            history.save(os.path.join(self.out_dir, history_name), cfg.history_format)
+            write_json(os.path.join(self.out_dir, "result.json"), result)
+            if cfg.plots:
+                from .plots import plot_fit
+                try:
+                    plot_fit(history, result, os.path.join(self.out_dir, "plots"))
+                except Exception as error:   # plotting must never lose a finished fit
+                    result["plot_error"] = repr(error)
+                    write_json(os.path.join(self.out_dir, "result.json"), result)
+        return result

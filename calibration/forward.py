@@ -1,0 +1,52 @@
+"""Forward models for the fitter: ``forward(params, data, noise=False, seed=None) -> Hits-like``.
+
+Any callable works; ``noise``/``seed`` are passed only when its signature accepts them.  The default is
+:class:`SimForward`, a thin wrapper of ``sparsetpc.simulate``.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable, Optional
+
+
+def accepts(fn: Callable, name: str) -> bool:
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return False
+    return name in sig.parameters or any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def call_forward(forward: Callable, params, data, noise: bool = False, seed: Optional[int] = None):
+    kwargs = {}
+    if accepts(forward, "noise"):
+        kwargs["noise"] = noise
+    elif noise:
+        raise ValueError("noise requested but the forward model takes no `noise` argument")
+    if accepts(forward, "seed"):
+        kwargs["seed"] = seed
+    return forward(params, data, **kwargs)
+
+
+class SimForward:
+    """``sparsetpc.simulate`` with a fixed detector, memory budget and mode."""
+
+    def __init__(self, detector=None, memory_budget=None, mode: str = "relaxed", return_waveforms: bool = False):
+        import sparsetpc as st
+        if not hasattr(st, "simulate"):
+            raise RuntimeError("sparsetpc.simulate is not available in this checkout")
+        self._simulate = st.simulate
+        self.detector = detector if detector is not None else st.Detector.default()
+        self.memory_budget = memory_budget
+        self.mode = mode
+        self.return_waveforms = return_waveforms
+
+    def __call__(self, params, segments, noise: bool = False, seed: Optional[int] = None):
+        kwargs = dict(return_waveforms=self.return_waveforms, noise=noise, seed=seed, mode=self.mode)
+        if self.memory_budget is not None:
+            kwargs["memory_budget"] = self.memory_budget
+        return self._simulate(segments, self.detector, params, **kwargs)
+
+    def describe(self) -> dict:
+        return {"forward": "sparsetpc.simulate", "memory_budget": self.memory_budget, "mode": self.mode,
+                "return_waveforms": self.return_waveforms}

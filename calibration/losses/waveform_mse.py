@@ -1,0 +1,41 @@
+"""MSE between sparse waveforms on the union of their (pixel, tick) keys; no assignment step.
+
+A key absent from one side counts as zero charge there.  Keys are integer rows (e.g. event, plane, ix, iy,
+tick); values are the induced charge per tick.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+
+def waveform_mse(keys_out: torch.Tensor, values_out: torch.Tensor, keys_target: torch.Tensor,
+                 values_target: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
+    """mean over the union of keys of ((out − target)/scale)².
+
+    ``keys_*`` [N, K] int64 (duplicate keys are summed); ``values_*`` [N] float.  ``scale`` defaults to the
+    RMS of the target values (so the loss is unit-free), 1 if the target is all zero.
+    """
+    keys = torch.cat([keys_out, keys_target], dim=0)
+    if keys.shape[0] == 0:
+        return values_out.sum() * 0.0
+    union, inverse = torch.unique(keys, dim=0, return_inverse=True)
+    diff = torch.zeros(union.shape[0], dtype=values_out.dtype, device=values_out.device)
+    n_out = keys_out.shape[0]
+    diff = diff.index_add(0, inverse[:n_out], values_out)
+    diff = diff.index_add(0, inverse[n_out:], -values_target.to(values_out.dtype))
+    if scale is None:
+        rms = values_target.detach().pow(2).mean().sqrt() if values_target.numel() else torch.tensor(0.0)
+        scale = float(rms) if float(rms) > 0 else 1.0
+    return (diff / scale).pow(2).mean()
+
+
+def waveform_keys(waveforms) -> tuple:
+    """Flatten a ``Waveforms`` object (pixel_table [U,4], start_tick [U], charge [U,W]) to (keys [U·W,5], values)."""
+    table = waveforms.pixel_table.to(torch.int64)
+    charge = waveforms.charge
+    u, w = charge.shape
+    ticks = waveforms.start_tick.to(torch.int64)[:, None] + torch.arange(w, device=charge.device)[None, :]
+    keys = torch.cat([table[:, None, :].expand(u, w, table.shape[1]), ticks[..., None]], dim=-1)
+    return keys.reshape(u * w, table.shape[1] + 1), charge.reshape(u * w)

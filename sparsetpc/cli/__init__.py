@@ -1,0 +1,4 @@
+"""Command-line interface: ``sparsetpc simulate`` and ``sparsetpc example``."""
+from .main import main
+
+__all__ = ["main"]

@@ -1,0 +1,59 @@
+"""Simulation output: one entry per pixel readout (a LArPix hit)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+#: dtype of the ``hits`` dataset written by ``sparsetpc simulate`` (units in ``HIT_UNITS``).
+HIT_DTYPE = np.dtype([
+    ("event_id", "i8"), ("pixel_plane", "i4"), ("pixel_ix", "i4"), ("pixel_iy", "i4"),
+    ("x", "f8"), ("y", "f8"), ("t", "f8"), ("adc", "f8"), ("readout", "i4"),
+])
+HIT_UNITS = {
+    "event_id": "", "pixel_plane": "", "pixel_ix": "pixel index along x inside the plane (0..139)",
+    "pixel_iy": "pixel index along y (0..279)", "x": "cm (pixel centre)", "y": "cm (pixel centre)",
+    "t": "us (threshold crossing on the event time axis)", "adc": "ADC counts (pedestal included)",
+    "readout": "readout slot of the pixel (0..9)",
+}
+
+
+@dataclass
+class Hits:
+    """Readouts above threshold, sorted by (event, plane, ix, iy, readout).
+
+    Tensors are 1-D with one entry per readout.  ``x``, ``y`` [cm] are pixel centres, ``t`` [µs] the
+    threshold-crossing time (differentiable), ``adc`` the ADC value (float in relaxed mode, integer-valued
+    in hard mode; differentiable in relaxed mode), ``pixel`` the row of ``pixel_table`` (event, plane, ix, iy),
+    ``readout`` the readout slot.  ``waveforms``: optional :class:`sparsetpc.induction.Waveforms`.
+    """
+
+    event: torch.Tensor
+    pixel: torch.Tensor
+    readout: torch.Tensor
+    plane: torch.Tensor
+    ix: torch.Tensor
+    iy: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    t: torch.Tensor
+    adc: torch.Tensor
+    pixel_table: torch.Tensor          # [U, 4] int64 (event, plane, ix, iy)
+    waveforms: Optional[object] = None
+    n_skipped_segments: int = 0        # segments outside every drift volume (no charge)
+
+    def __len__(self) -> int:
+        return int(self.adc.shape[0])
+
+    def to_numpy(self) -> np.ndarray:
+        out = np.zeros(len(self), dtype=HIT_DTYPE)
+        out["event_id"] = self.event.cpu().numpy()
+        out["pixel_plane"] = self.plane.cpu().numpy()
+        out["pixel_ix"] = self.ix.cpu().numpy()
+        out["pixel_iy"] = self.iy.cpu().numpy()
+        for name in ("x", "y", "t", "adc"):
+            out[name] = getattr(self, name).detach().cpu().double().numpy()
+        out["readout"] = self.readout.cpu().numpy()
+        return out

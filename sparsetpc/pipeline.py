@@ -1,0 +1,213 @@
+"""The forward model: segments → electrons → pixel waveforms → readouts (hits).
+
+``simulate`` strings the pure stage functions together (quenching → drift → pixels → induction →
+electronics).  Work is chunked by a memory budget in bytes; with gradients every chunk runs under
+``torch.utils.checkpoint`` so backward holds one chunk's intermediates at a time.  Results do not depend on
+the chunking (chunks only partition a sum).
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from typing import Optional, Union
+
+import numpy as np
+import torch
+
+from . import drift as drift_stage
+from .detector import Detector
+from .electronics import FrontEnd, draw_readout_noise, hard_readout, relaxed_readout
+from .exceptions import InputFormatError, MemoryBudgetError
+from .hits import Hits
+from .induction import InductionOptions, SegmentState, induce, to_waveforms
+from .params import Params
+from .pixels import associate
+from .quenching import quench
+from .segments import Segments
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+          "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30, "tib": 2 ** 40}
+
+#: Bytes held per (sample, tick) element while a chunk is evaluated (forward + its recomputed backward),
+#: in units of the float size; measured with benchmarks/scaling.py (≈ 25 live float temporaries + indices).
+BYTES_PER_ELEMENT_FLOATS = 40
+
+
+def parse_memory(budget: Union[str, int, float]) -> int:
+    """Bytes from ``2GB``, ``512MiB``, ``1.5e9`` or an int."""
+    if isinstance(budget, (int, float)):
+        value = float(budget)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*", str(budget))
+        if not match or match.group(2).lower() not in _UNITS:
+            raise MemoryBudgetError(f"cannot read memory budget {budget!r}; use e.g. '2GB', '512MiB' or bytes")
+        value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not math.isfinite(value) or value < 1e6:
+        raise MemoryBudgetError(f"memory budget {budget!r} is below 1 MB")
+    return int(value)
+
+
+def _pixel_table(pairs, segments: Segments, detector: Detector):
+    """Unique pixels (event, plane, ix, iy), sorted, and the pixel row of every pair."""
+    nx, ny = detector.n_pixels
+    events = segments.event_id[pairs.segment]
+    unique_events, event_rank = torch.unique(events, return_inverse=True)
+    key = ((event_rank * detector.n_planes + pairs.plane) * nx + pairs.ix) * ny + pairs.iy
+    unique_keys, pixel_of_pair = torch.unique(key, return_inverse=True)
+    rank = unique_keys // (detector.n_planes * nx * ny)
+    plane = (unique_keys // (nx * ny)) % detector.n_planes
+    ix = (unique_keys // ny) % nx
+    iy = unique_keys % ny
+    table = torch.stack([unique_events[rank], plane, ix, iy], dim=1)
+    return table, pixel_of_pair
+
+
+def _electronics_groups(width: torch.Tensor, max_elements: int):
+    """Pixels sorted by window width, grouped so that rows × max width ≤ max_elements."""
+    order = torch.argsort(width.cpu(), stable=True)
+    widths = width.cpu()[order]
+    groups = []
+    lo = 0
+    n = len(order)
+    while lo < n:
+        rows = max(1, max_elements // max(int(widths[lo]), 1))
+        hi = min(n, lo + rows)
+        # widths increase: shrink until rows × width(hi-1) fits
+        while hi - lo > 1 and (hi - lo) * int(widths[hi - 1]) > max_elements:
+            hi = lo + max(1, (hi - lo) // 2)
+        groups.append(order[lo:hi])
+        lo = hi
+    return groups
+
+
+def _group_waveforms(buffer, plan, rows):
+    width = plan.pixel_width[rows]
+    columns = torch.arange(int(width.max()), device=buffer.device)
+    index = plan.pixel_offset[rows][:, None] + columns[None, :]
+    index = torch.where(columns[None, :] < width[:, None], index, torch.full_like(index, plan.buffer_size))
+    return torch.cat([buffer, buffer.new_zeros(1)])[index]
+
+
+def _relaxed_group(buffer, plan, rows, front_end, draws):
+    return relaxed_readout(_group_waveforms(buffer, plan, rows), front_end, draws)
+
+
+def simulate(segments: Segments, detector: Optional[Detector] = None, params: Optional[Params] = None, *,
+             mode: str = "relaxed", memory_budget: Union[str, int] = "2GB", quenching: str = "birks",
+             noise: bool = False, seed: Optional[int] = None, return_waveforms: bool = False,
+             options: Optional[InductionOptions] = None, front_end: Optional[FrontEnd] = None,
+             backend: str = "torch", checkpoint: Optional[bool] = None, progress: bool = False) -> Hits:
+    """Simulate the LArPix readout of ``segments`` (z = drift axis) for ``params``.
+
+    ``mode``: ``relaxed`` (differentiable front end) or ``hard`` (larnd-sim's integer front end).
+    ``memory_budget``: bytes (or '2GB') for the largest chunk of work; the computation is split accordingly.
+    ``noise``/``seed``: electronics noise from a seeded generator (reproducible).
+    The work runs on ``params``' device and dtype; segments are moved there.
+    Segments outside every drift volume carry no charge; their number is in ``hits.n_skipped_segments`` and a
+    warning says how many.
+    """
+    detector = detector or Detector.default()
+    params = params or Params.nominal()
+    params.validate()
+    front_end = front_end or FrontEnd(tick=detector.tick)
+    options = options or InductionOptions()
+    if mode not in ("relaxed", "hard"):
+        raise ValueError(f"unknown mode {mode!r}: 'relaxed' or 'hard'")
+    if len(segments) == 0:
+        raise InputFormatError("no segments to simulate (empty input)")
+    dtype, device = params.dtype, params.device
+    if not dtype.is_floating_point:
+        raise InputFormatError(f"parameters must be floating point, got {dtype}")
+    segments = segments.to(dtype=dtype, device=device)
+    for name in ("start", "end", "dE", "dEdx", "t_start", "t_end"):
+        value = getattr(segments, name)
+        if not bool(torch.isfinite(value.detach()).all()):
+            raise InputFormatError(f"segments field {name} has non-finite values")
+    budget = parse_memory(memory_budget)
+    itemsize = torch.finfo(dtype).bits // 8
+    max_elements = max(1000, budget // (BYTES_PER_ELEMENT_FLOATS * itemsize))
+
+    # recombination and drift (per segment)
+    electrons = quench(segments.dEdx, segments.dE, params, quenching)
+    drifted = drift_stage.drift_segments(segments.start, segments.end, electrons, params, detector,
+                                         time_offset=segments.t_start)
+    n_skipped = int((~drifted.valid).sum())
+    if n_skipped == len(segments):
+        raise InputFormatError(f"none of the {len(segments)} segments lies inside a drift volume of the detector "
+                               "(are coordinates in cm, and x/z swapped so that z is the drift axis?)")
+    if n_skipped:
+        warnings.warn(f"{n_skipped} of {len(segments)} segment(s) have their midpoint outside every drift volume "
+                      "and are not simulated (no charge)", stacklevel=2)
+    velocity = params.drift_velocity().detach()
+    with torch.no_grad():
+        far = torch.maximum(drift_stage.drift_distance(segments.start[:, 2], drifted.z_anode),
+                            drift_stage.drift_distance(segments.end[:, 2], drifted.z_anode))
+        sigma_far = drift_stage.diffusion_sigma(far, velocity, params.tran_diff.detach())
+        margin = options.n_sigma_pad * sigma_far
+    pairs = associate(segments.start.detach(), segments.end.detach(), drifted.plane, margin, detector)
+    pixel_table, pixel_of_pair = _pixel_table(pairs, segments, detector)
+    n_pixels = pixel_table.shape[0]
+
+    if options.reference_time_axis:
+        with torch.no_grad():
+            t_lo = torch.clamp(drifted.t_start.detach() - options.reference_time_padding, min=0.0)
+            first_tick = torch.floor(t_lo / detector.tick + 0.5).long()
+            time_shift = t_lo - first_tick.to(dtype) * detector.tick
+    else:
+        first_tick = torch.zeros(len(segments), dtype=torch.long, device=device)
+        time_shift = torch.zeros(len(segments), dtype=dtype, device=device)
+    state = SegmentState(start=segments.start, end=segments.end, n_electrons=electrons,
+                         t_start=segments.t_start, t_end=segments.t_end, z_anode=drifted.z_anode,
+                         time_shift=time_shift, first_tick=first_tick)
+    bar = None
+    callback = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(desc="induction", unit="sample", leave=False)
+        callback = bar.update
+    buffer, plan = induce(pairs, pixel_of_pair, n_pixels, state, params, detector, options, max_elements,
+                          checkpoint, backend, callback)
+    if bar is not None:
+        bar.close()
+
+    # electronics, in groups of pixels of similar window width
+    generator = None
+    if noise:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(0 if seed is None else int(seed))
+    use_checkpoint = (torch.is_grad_enabled() and buffer.requires_grad) if checkpoint is None else checkpoint
+    readouts = front_end.max_readouts
+    adc = buffer.new_zeros((n_pixels, readouts))
+    crossing = buffer.new_zeros((n_pixels, readouts))
+    valid = torch.zeros((n_pixels, readouts), dtype=torch.bool, device=device)
+    if n_pixels:
+        group_elements = max(1, max_elements // 4)
+        for rows in _electronics_groups(plan.pixel_width, group_elements):
+            rows = rows.to(device)
+            if mode == "hard":
+                a, c, v = hard_readout(_group_waveforms(buffer.detach(), plan, rows), front_end, noise, generator)
+            else:
+                draws = draw_readout_noise(len(rows), front_end, buffer, generator) if noise else None
+                if use_checkpoint:
+                    a, c, v = torch.utils.checkpoint.checkpoint(_relaxed_group, buffer, plan, rows, front_end, draws,
+                                                                use_reentrant=False)
+                else:
+                    a, c, v = _relaxed_group(buffer, plan, rows, front_end, draws)
+            adc = adc.index_copy(0, rows, a)
+            crossing = crossing.index_copy(0, rows, c)
+            valid = valid.index_copy(0, rows, v)
+
+    # hits, sorted by pixel then readout slot
+    pixel_rows, slots = torch.nonzero(valid, as_tuple=True)
+    table = pixel_table[pixel_rows]
+    x0 = torch.as_tensor(detector.tpc_borders[:, 0, 0], dtype=dtype, device=device)[table[:, 1]]
+    y0 = torch.as_tensor(detector.tpc_borders[:, 1, 0], dtype=dtype, device=device)[table[:, 1]]
+    time = (plan.pixel_start[pixel_rows].to(dtype) + crossing[pixel_rows, slots]) * detector.tick
+    hits = Hits(event=table[:, 0], pixel=pixel_rows, readout=slots, plane=table[:, 1], ix=table[:, 2], iy=table[:, 3],
+                x=x0 + (table[:, 2].to(dtype) + 0.5) * detector.pixel_pitch,
+                y=y0 + (table[:, 3].to(dtype) + 0.5) * detector.pixel_pitch,
+                t=time, adc=adc[pixel_rows, slots], pixel_table=pixel_table, n_skipped_segments=n_skipped)
+    if return_waveforms:
+        hits.waveforms = to_waveforms(buffer, plan, pixel_table)
+    return hits

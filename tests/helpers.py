@@ -1,0 +1,63 @@
+"""Shared helpers of the sparsetpc core tests: locating ../shared/data and building small inputs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data():
+    """``../shared/data`` beside the checkout (or $SPARSETPC_SHARED_DATA), or None."""
+    env = os.environ.get("SPARSETPC_SHARED_DATA")
+    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+SHARED = shared_data()
+needs_shared = pytest.mark.skipif(SHARED is None, reason="shared reference data not found: place it at "
+                                  "<repo>/../shared/data or set SPARSETPC_SHARED_DATA")
+
+
+def reference_rows(path) -> np.ndarray:
+    """Segment rows (z = drift) stored in a reference npz (2-D float table or structured array)."""
+    from sparsetpc.segments import SEGMENT_DTYPE
+    data = np.load(path, allow_pickle=True)
+    table = data["input_segments"]
+    rows = np.zeros(len(table), dtype=SEGMENT_DTYPE)
+    for j, name in enumerate(data["input_fields"]):
+        name = str(name)
+        if name in SEGMENT_DTYPE.names:
+            rows[name] = table[name] if table.dtype.names else table[:, j]
+    return rows
+
+
+def make_rows(starts, ends, dEdx=2.1, event=0, track=1):
+    """Segment rows in sparsetpc's frame (z = drift) from start/end points [cm]."""
+    from sparsetpc.segments import SEGMENT_DTYPE
+    starts = np.atleast_2d(np.asarray(starts, dtype=np.float64))
+    ends = np.atleast_2d(np.asarray(ends, dtype=np.float64))
+    rows = np.zeros(len(starts), dtype=SEGMENT_DTYPE)
+    length = np.linalg.norm(ends - starts, axis=1)
+    rows["eventID"], rows["trackID"], rows["pdgId"] = event, track, 13
+    rows["dEdx"] = dEdx
+    rows["dx"] = length
+    rows["dE"] = dEdx * length
+    for axis, name in enumerate("xyz"):
+        rows[name + "_start"] = starts[:, axis]
+        rows[name + "_end"] = ends[:, axis]
+        rows[name] = 0.5 * (starts[:, axis] + ends[:, axis])
+    return rows
+
+
+def devices():
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    return out

@@ -1,0 +1,156 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sparsetpc as st
+from sparsetpc import drift as drift_stage
+from sparsetpc.induction import (InductionOptions, Induction, SegmentState, induce, pad_fraction, response_shape,
+                                 smeared_truncated_exponential)
+from sparsetpc.pipeline import _pixel_table
+from sparsetpc.pixels import associate
+from sparsetpc.quenching import quench
+from helpers import devices, make_rows
+
+DET = st.Detector.default()
+
+
+def run_induction(rows, params, max_elements=2_000_000, backend="torch", options=None):
+    segs = st.Segments.from_numpy(rows, dtype=params.dtype, device=params.device)
+    electrons = quench(segs.dEdx, segs.dE, params)
+    drifted = drift_stage.drift_segments(segs.start, segs.end, electrons, params, DET)
+    far = torch.maximum(drift_stage.drift_distance(segs.start[:, 2], drifted.z_anode),
+                        drift_stage.drift_distance(segs.end[:, 2], drifted.z_anode))
+    margin = 5 * drift_stage.diffusion_sigma(far, params.drift_velocity().detach(), params.tran_diff.detach())
+    pairs = associate(segs.start, segs.end, drifted.plane, margin.detach(), DET)
+    table, pixel_of_pair = _pixel_table(pairs, segs, DET)
+    n = len(segs)
+    state = SegmentState(segs.start, segs.end, electrons, segs.t_start, segs.t_end, drifted.z_anode,
+                         torch.zeros(n, dtype=params.dtype, device=params.device),
+                         torch.zeros(n, dtype=torch.long, device=params.device))
+    buffer, plan = induce(pairs, pixel_of_pair, table.shape[0], state, params, DET, options, max_elements, None, backend)
+    return buffer, plan, drifted
+
+
+class TestResponse:
+    def test_pad_centre_and_corner(self):
+        zero = torch.zeros(1, dtype=torch.float64)
+        a, b, c, d = response_shape(zero, zero)
+        assert (float(a), float(b), float(d)) == (1.0, pytest.approx(0.679), pytest.approx(2.948))
+        corner = torch.full((1,), 0.2217, dtype=torch.float64)
+        a, b, c, d = response_shape(corner, corner)
+        # physics.md §2.5: A ≈ 0.965, b ≈ 0.087, c ≈ 3.75, Δt0 ≈ 4.03 at the corner
+        assert float(a) == pytest.approx(0.965, abs=2e-3) and float(b) == pytest.approx(0.087, abs=2e-3)
+        assert float(c) == pytest.approx(3.75, abs=1e-2) and float(d) == pytest.approx(4.03, abs=1e-2)
+
+    @pytest.mark.parametrize("sigma,scale", [(0.05, 0.68), (0.3, 0.087), (0.01, 3.7)])
+    def test_smeared_exponential_matches_numerical_convolution(self, sigma, scale):
+        t = torch.linspace(-6, 3, 301, dtype=torch.float64)
+        mu = torch.tensor(0.3, dtype=torch.float64)
+        got = smeared_truncated_exponential(t, mu, torch.tensor(sigma, dtype=torch.float64), torch.tensor(scale, dtype=torch.float64))
+        tau = torch.linspace(-8 * sigma, 8 * sigma, 40001, dtype=torch.float64) + mu
+        weight = torch.exp(-0.5 * ((tau - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        f = torch.where(t[:, None] < tau[None, :], torch.exp(-(tau[None, :] - t[:, None]) / scale) / scale, torch.zeros(()).double())
+        expected = torch.trapezoid(f * weight[None, :], tau, dim=1)
+        assert torch.allclose(got, expected, atol=2e-3 * float(expected.max()), rtol=0)
+        # unit integral over time
+        tt = torch.linspace(-60, 10, 200001, dtype=torch.float64)
+        total = torch.trapezoid(smeared_truncated_exponential(tt, mu, torch.tensor(sigma).double(), torch.tensor(scale).double()), tt)
+        assert float(total) == pytest.approx(1.0, abs=1e-6)
+
+    def test_pad_fraction(self):
+        pos = torch.tensor([[0.0, 0.0], [0.2217, 0.0], [0.2217, 0.2217], [5.0, 0.0]], dtype=torch.float64)
+        frac = pad_fraction(pos, torch.zeros(4, 2, dtype=torch.float64), 0.2217, torch.full((4,), 0.05, dtype=torch.float64))
+        assert float(frac[0]) == pytest.approx(math.erf(0.2217 / (0.05 * math.sqrt(2))) ** 2)
+        assert float(frac[1]) == pytest.approx(0.5 * math.erf(0.2217 / (0.05 * math.sqrt(2))) * math.erf(0.4434 / (0.05 * math.sqrt(2))))
+        assert float(frac[2]) == pytest.approx(0.25, rel=1e-6)
+        assert float(frac[3]) == 0.0
+
+    def test_gradcheck_pure_functions(self):
+        t = torch.linspace(-3, 1, 9, dtype=torch.float64)
+        args = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (0.2, 0.1, 0.6)]
+        assert torch.autograd.gradcheck(lambda m, s, b: smeared_truncated_exponential(t, m, s, b), args)
+        pos = torch.tensor([[0.1, 0.05], [0.2, -0.2]], dtype=torch.float64, requires_grad=True)
+        sig = torch.tensor([0.05, 0.08], dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda p, s: pad_fraction(p, torch.zeros(2, 2, dtype=torch.float64), 0.2217, s), (pos, sig))
+
+
+ORIENTATIONS = {
+    "flat_x": ((1.0, -20.0, -20.0), (3.0, -20.0, -20.0)),
+    "diagonal": ((1.0, -20.0, -20.0), (2.5, -18.7, -20.3)),
+    "45deg": ((1.0, -20.0, -20.0), (2.0, -20.5, -21.1180)),
+    "steep_cot20": ((1.0, -20.0, -16.0), (1.05, -19.95, -17.414)),
+    "vertical": ((1.0, -20.0, -16.0), (1.0, -20.0, -18.0)),
+    "zero_length": ((1.0, -20.0, -16.0), (1.0, -20.0, -16.0)),
+}
+
+
+class TestInduction:
+    @pytest.mark.parametrize("name", sorted(ORIENTATIONS))
+    def test_total_charge_equals_drifted_charge(self, name):
+        start, end = ORIENTATIONS[name]
+        rows = make_rows([start], [end])
+        if name == "zero_length":
+            rows["dE"] = 1.0
+        params = st.Params.nominal()
+        buffer, plan, drifted = run_induction(rows, params)
+        total = float(buffer.sum())
+        assert total == pytest.approx(float(drifted.n_electrons.sum()), rel=1e-2)
+        # tighter: the quadrature is converged well below the 1% requirement
+        assert total == pytest.approx(float(drifted.n_electrons.sum()), rel=2e-4)
+
+    def test_chunking_does_not_change_results(self):
+        rows = make_rows([(1.0, -20.0, -20.0), (2.0, -19.0, -18.0)], [(3.0, -19.0, -21.0), (2.3, -18.8, -22.0)])
+        params = st.Params.nominal()
+        big, plan, _ = run_induction(rows, params)
+        small, plan_small, _ = run_induction(rows, params, max_elements=3000)
+        assert plan.n_elements == plan_small.n_elements
+        assert torch.allclose(big, small, rtol=1e-12, atol=1e-9)
+
+    def test_gradcheck_full_stage(self):
+        # Outputs per pixel: total charge and Σ q·t (first time moment), on the nominal pixel set, so that the
+        # output layout does not move with the parameters; tail_tolerance 1e-12 makes window edges negligible.
+        rows = make_rows([(1.0, -20.0, -28.0)], [(1.3, -19.9, -28.2)], dEdx=2.0)
+        options = InductionOptions(tail_tolerance=1e-12)
+        _, nominal_plan, _ = run_induction(rows, st.Params.nominal(), options=options)
+        n_pixels = nominal_plan.pixel_width.numel()
+
+        def f(v, tau, dl, dt, ab):
+            params = st.Params.nominal().replace(vdrift=0.1587 * v, lifetime=2200 * tau, long_diff=4e-6 * dl,
+                                                 tran_diff=8.8e-6 * dt, Ab=0.8 * ab)
+            buffer, plan, _ = run_induction(rows, params, options=options)
+            assert plan.pixel_width.numel() == n_pixels
+            pixel = torch.repeat_interleave(torch.arange(n_pixels), plan.pixel_width)
+            tick = plan.pixel_start[pixel] + (torch.arange(plan.buffer_size) - plan.pixel_offset[pixel])
+            charge = torch.zeros(n_pixels, dtype=torch.float64).index_add(0, pixel, buffer)
+            moment = torch.zeros(n_pixels, dtype=torch.float64).index_add(0, pixel, buffer * tick.double() * 0.1)
+            return torch.cat([charge / 1e3, moment / 1e5])
+
+        args = [torch.tensor(1.0, dtype=torch.float64, requires_grad=True) for _ in range(5)]
+        assert torch.autograd.gradcheck(f, args, atol=1e-6, rtol=1e-4)
+
+    def test_torch_scatter_backend_agrees(self):
+        pytest.importorskip("torch_scatter", reason="optional torch-scatter backend not installed")
+        rows = make_rows([(1.0, -20.0, -20.0)], [(3.0, -19.0, -21.0)])
+        params = st.Params.nominal()
+        native, _, _ = run_induction(rows, params)
+        other, _, _ = run_induction(rows, params, backend="torch_scatter")
+        assert torch.allclose(native, other, rtol=1e-10, atol=1e-9)
+
+    def test_unknown_backend(self):
+        rows = make_rows([(1.0, -20.0, -20.0)], [(3.0, -19.0, -21.0)])
+        with pytest.raises(ValueError, match="unknown scatter backend"):
+            run_induction(rows, st.Params.nominal(), backend="nope")
+
+    @pytest.mark.parametrize("device", devices())
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_device_dtype(self, device, dtype):
+        rows = make_rows([(1.0, -20.0, -20.0)], [(3.0, -19.0, -21.0)])
+        params = st.Params.nominal(dtype=dtype, device=device)
+        buffer, _, drifted = run_induction(rows, params)
+        assert buffer.dtype == dtype and buffer.device.type == device
+        assert float(buffer.sum()) == pytest.approx(float(drifted.n_electrons.sum()), rel=1e-3)
+
+    def test_module_wrapper(self):
+        assert isinstance(Induction(DET), torch.nn.Module)
