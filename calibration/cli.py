@@ -83,6 +83,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (1 is fastest for small batches on a busy CPU)")
     g.add_argument("--no-progress", action="store_true")
 
 
@@ -111,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)   # test hook (simulated kill)
     scan = sub.add_parser("scan", help="1-D loss scans per parameter for several losses")
     _common(scan)
-    scan.add_argument("--losses", nargs="+", default=["space_match", "chamfer", "sinkhorn", "sdtw"])
+    scan.add_argument("--losses", nargs="+", default=["space_match", "chamfer", "sinkhorn", "sdtw"],
+                      help="loss names, optionally NAME:key=value,... (e.g. space_match:temperature=0.5)")
     scan.add_argument("--points", type=int, default=21)
     return parser
 
@@ -238,17 +241,22 @@ def cmd_scan(args) -> int:
     dtype, device = DTYPES[args.dtype], args.device
     ps = _paramset(args)
     forward, batches, info = _data(args, dtype, device)
-    if "mse" in args.losses and hasattr(forward, "return_waveforms"):
-        forward.return_waveforms = True
-    if hasattr(forward, "waveforms") and "mse" in args.losses:
-        forward.waveforms = True
+    if any(e.partition(":")[0] == "mse" for e in args.losses):
+        for attr in ("return_waveforms", "waveforms"):
+            if hasattr(forward, attr):
+                setattr(forward, attr, True)
     target_values, _ = _targets_and_init(args, ps)
     if target_values is None:
         raise SystemExit("scan needs closure targets (--closure-seed or --target-values)")
     noise_target = not (args.no_noise or args.no_noise_target)
     targets = simulate_targets(forward, ps, batches, target_values, dtype=dtype, device=device, noise=noise_target,
                                seed=args.seed, fixed=_key_values(args.fixed, "--fixed"))
-    losses = {name: _loss(args, name) for name in args.losses}
+    losses = {}
+    for entry in args.losses:                      # NAME or NAME:key=value,key=value (e.g. space_match:temperature=0.5)
+        name, _, opts = entry.partition(":")
+        loss = _loss(args, name)
+        loss.options.update(_options([o for o in opts.split(",") if o]))
+        losses[entry] = loss
     scans = []
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
@@ -267,6 +275,8 @@ def cmd_scan(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.command == "fit":
         return cmd_fit(args)
     return cmd_scan(args)

@@ -149,8 +149,8 @@ class SamplePlan:
     pair: torch.Tensor           # [S] pair row
     u: torch.Tensor              # [S] cm along the segment (detached)
     weight: torch.Tensor         # [S] fraction of the segment's charge represented (detached)
-    first_tick: torch.Tensor     # [S] int64
-    n_ticks: torch.Tensor        # [S] int64
+    first_tick: torch.Tensor     # [S, 3] int64: first tick of the near window, fast tail, slow tail
+    n_ticks: torch.Tensor        # [S, 3] int64: their lengths
     pixel_of_pair: torch.Tensor  # [M] pixel row
     pixel_start: torch.Tensor    # [U] global tick of the pixel window's column 0
     pixel_width: torch.Tensor    # [U]
@@ -192,17 +192,23 @@ def _sample_state(u, weight, pair_rows, pairs: Pairs, segments: SegmentState, pa
     return charge, arrival + delay, sigma_time, amplitude, fast, slow
 
 
-def _elements(plan: SamplePlan, lo: int, hi: int):
-    """Element layout of samples [lo, hi): (local sample index, global tick, flat buffer position)."""
-    counts = plan.n_ticks[lo:hi]
+def _elements(plan: SamplePlan, lo: int, hi: int, part: int):
+    """Element layout of window ``part`` of samples [lo, hi): (local sample index, global tick, flat position)."""
+    counts = plan.n_ticks[lo:hi, part]
     n = int(counts.sum())
     device = counts.device
     owner = torch.repeat_interleave(torch.arange(hi - lo, device=device), counts, output_size=n)
     first = torch.cumsum(counts, 0) - counts
-    tick = plan.first_tick[lo:hi][owner] + (torch.arange(n, device=device) - first[owner])
+    tick = plan.first_tick[lo:hi, part][owner] + (torch.arange(n, device=device) - first[owner])
     pixel = plan.pixel_of_pair[plan.pair[lo:hi]][owner]
     flat = plan.pixel_offset[pixel] + (tick - plan.pixel_start[pixel])
     return owner, tick, flat
+
+
+def exponential_tail(t: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """:func:`smeared_truncated_exponential` where t ≤ μ − σ(6 + σ/s): there Φ = 1 to 1e-9 and the response is
+    the pure exponential exp((t − μ)/s + σ²/2s²)/s."""
+    return torch.exp(torch.clamp((t - mu) / scale + 0.5 * (sigma / scale) ** 2, max=0.0)) / scale
 
 
 def _chunk_charge(lo: int, hi: int, plan: SamplePlan, pairs: Pairs, segments: SegmentState, params: Params,
@@ -212,14 +218,26 @@ def _chunk_charge(lo: int, hi: int, plan: SamplePlan, pairs: Pairs, segments: Se
     rows = plan.pair[lo:hi]
     charge, mu, sigma_time, amplitude, fast, slow = _sample_state(
         plan.u[lo:hi], plan.weight[lo:hi], rows, pairs, segments, params, detector)
-    owner, tick, flat = _elements(plan, lo, hi)
-    seg = pairs.segment[rows][owner]
-    t = tick.to(mu.dtype) * detector.tick + segments.time_shift[seg]
-    m, s, a = mu[owner], sigma_time[owner], amplitude[owner]
-    response = a * smeared_truncated_exponential(t, m, s, fast[owner])
-    response = response + (1.0 - a) * smeared_truncated_exponential(t, m, s, slow[owner])
-    values = charge[owner] * detector.tick * response
-    return scatter_sum(values, flat, plan.buffer_size, backend)
+    shift = segments.time_shift[pairs.segment[rows]]
+    values, positions = [], []
+    for part in range(3):
+        owner, tick, flat = _elements(plan, lo, hi, part)
+        if owner.numel() == 0:
+            continue
+        t = tick.to(mu.dtype) * detector.tick + shift[owner]
+        m, s, a = mu[owner], sigma_time[owner], amplitude[owner]
+        if part == 0:     # near the arrival: both components, exact smeared form
+            response = a * smeared_truncated_exponential(t, m, s, fast[owner])
+            response = response + (1.0 - a) * smeared_truncated_exponential(t, m, s, slow[owner])
+        elif part == 1:   # early tail of the fast component
+            response = a * exponential_tail(t, m, s, fast[owner])
+        else:             # early tail of the slow component
+            response = (1.0 - a) * exponential_tail(t, m, s, slow[owner])
+        values.append(charge[owner] * detector.tick * response)
+        positions.append(flat)
+    if not values:
+        return charge.new_zeros(plan.buffer_size) + 0.0 * charge.sum()
+    return scatter_sum(torch.cat(values), torch.cat(positions), plan.buffer_size, backend)
 
 
 def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int, backend: str = "torch") -> torch.Tensor:
@@ -293,28 +311,39 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     # tick window of each sample
     charge, mu, sigma_time, amplitude, fast, slow = _sample_state(u, weight, pair_of_sample, pairs, segments,
                                                                   detached, detector)
+    # Tick windows.  Near the arrival (from where either component's pure-exponential form stops being exact,
+    # t > μ − σ(6 + σ/s), to μ + 6σ) both components are evaluated exactly; before that each component's tail is
+    # a pure exponential, evaluated until it falls below tail_tolerance (relative to the sample's charge).
     eps = options.tail_tolerance
-    tail_fast = fast * math.log(1.0 / eps)
-    slow_weight = torch.clamp(1.0 - amplitude, min=0.0)
-    tail_slow = torch.where(slow_weight > eps, slow * torch.log(torch.clamp(slow_weight, min=eps) / eps),
-                            torch.zeros_like(slow))
     shift = segments.time_shift.detach()[pairs.segment[pair_of_sample]]
-    before = torch.maximum(tail_fast, tail_slow) + 5.0 * sigma_time
-    after = 5.0 * sigma_time
-    first_tick = torch.ceil((mu - shift - before) / detector.tick).long()
-    last_tick = torch.floor((mu - shift + after) / detector.tick).long()
     earliest = segments.first_tick[pairs.segment[pair_of_sample]]
-    first_tick = torch.maximum(first_tick, earliest)
+    slow_weight = torch.clamp(1.0 - amplitude, min=0.0)
+    end_fast = mu - sigma_time * (6.0 + sigma_time / fast)
+    end_slow = mu - sigma_time * (6.0 + sigma_time / slow)
+    near_first = torch.floor((torch.minimum(end_fast, end_slow) - shift) / detector.tick).long() + 1
+    near_last = torch.floor((mu + 6.0 * sigma_time - shift) / detector.tick).long()
+    fast_first = torch.ceil((end_fast - fast * math.log(1.0 / eps) - shift) / detector.tick).long()
+    slow_reach = torch.where(slow_weight > eps, slow * torch.log(torch.clamp(slow_weight, min=eps) / eps),
+                             torch.full_like(slow, -math.inf))
+    slow_first = torch.where(slow_weight > eps,
+                             torch.ceil((end_slow - slow_reach - shift) / detector.tick),
+                             (near_first + 1).to(dtype)).long()
+    first_tick = torch.stack([near_first, fast_first, slow_first], dim=1)
+    last_tick = torch.stack([near_last, near_first - 1, near_first - 1], dim=1)
+    first_tick = torch.maximum(first_tick, earliest[:, None])
     n_ticks = torch.clamp(last_tick - first_tick + 1, min=0)
     # samples without charge (outside the pad's Gaussian reach) or without ticks are dropped
-    keep = (n_ticks > 0) & (charge != 0)
+    keep = (n_ticks.sum(dim=1) > 0) & (charge != 0)
     pair_of_sample, u, weight = pair_of_sample[keep], u[keep], weight[keep]
     first_tick, n_ticks, last_tick = first_tick[keep], n_ticks[keep], last_tick[keep]
+    big = torch.iinfo(torch.long).max
+    used = n_ticks > 0
+    first_tick_any = torch.where(used, first_tick, torch.full_like(first_tick, big)).amin(dim=1)
+    last_tick_any = torch.where(used, last_tick, torch.full_like(last_tick, -big)).amax(dim=1)
     # pixel windows: one leading empty tick (for the discriminator) and 19 trailing ones (integration end)
     pixel = pixel_of_pair[pair_of_sample]
-    big = torch.iinfo(torch.long).max
-    lo = torch.full((n_pixels,), big, dtype=torch.long, device=device).scatter_reduce(0, pixel, first_tick, "amin")
-    hi = torch.full((n_pixels,), -big, dtype=torch.long, device=device).scatter_reduce(0, pixel, last_tick, "amax")
+    lo = torch.full((n_pixels,), big, dtype=torch.long, device=device).scatter_reduce(0, pixel, first_tick_any, "amin")
+    hi = torch.full((n_pixels,), -big, dtype=torch.long, device=device).scatter_reduce(0, pixel, last_tick_any, "amax")
     empty = lo == big
     lo = torch.where(empty, torch.zeros_like(lo), lo)
     hi = torch.where(empty, torch.zeros_like(hi), hi)
@@ -363,7 +392,7 @@ def induce(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segments: S
                                segments.t_end, *[getattr(params, n) for n in params.names()]) if t.requires_grad]
     use_checkpoint = (torch.is_grad_enabled() and bool(grad_inputs)) if checkpoint is None else checkpoint
     buffer = torch.zeros(plan.buffer_size, dtype=dtype, device=device)
-    bounds = chunk_bounds(plan.n_ticks, max_elements)
+    bounds = chunk_bounds(plan.n_ticks.sum(dim=1), max_elements)
     for lo, hi in bounds:
         if use_checkpoint:
             part = torch.utils.checkpoint.checkpoint(_chunk_charge, lo, hi, plan, pairs, segments, params, detector,
