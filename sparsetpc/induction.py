@@ -265,14 +265,7 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     dtype = segments.start.dtype
     detached = Params(**{n: getattr(params, n).detach() for n in params.names()}, link_vdrift_efield=params.link_vdrift_efield)
     seg = pairs.segment
-    start = segments.start.detach()[seg]
-    end = segments.end.detach()[seg]
-    delta = end - start
-    length = torch.linalg.norm(delta, dim=1)
-    safe_length = torch.where(length > 0, length, torch.ones_like(length))
-    direction = delta / safe_length[:, None]
     velocity = detached.drift_velocity()
-    z_a = segments.z_anode.detach()[seg]
     # Nodes: one midpoint grid per segment, u_i = (i + ½)·L/n, so that pairs of a segment share nodes and a
     # node never moves with the parameters; each pair takes the nodes inside its stretch [u_start, u_end].
     # The step is at most one diffusion width at the segment's end nearest the anode (σ_T across the drift
@@ -294,7 +287,7 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     raw = torch.clamp(seg_length / step, min=1.0)
     n_nodes = torch.ceil(torch.exp2(torch.ceil(4.0 * torch.log2(raw) - 1e-9) / 4.0) - 1e-9).clamp(min=1)
     spacing = (seg_length / n_nodes)[seg]
-    point_like = length == 0
+    point_like = seg_length[seg] == 0
     safe_spacing = torch.where(point_like, torch.ones_like(spacing), spacing)
     first_node = torch.ceil(pairs.u_start / safe_spacing - 0.5).long().clamp(min=0)
     last_node = torch.minimum(torch.floor(pairs.u_end / safe_spacing - 0.5).long(), n_nodes[seg].long() - 1)

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--seed", type=int, default=0, help="noise seed")
     sim.add_argument("--format", default="sparsetpc", choices=["sparsetpc", "packets"],
                      help="sparsetpc: hits + segments datasets; packets: larnd-sim LArPix packets HDF5 (needs --layout)")
+    sim.add_argument("--threads", type=int, default=1,
+                     help="torch CPU threads (default 1: on small machines OpenMP fork/join costs more than it saves)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ex = sub.add_parser("example", help="write seeded example tracks in edep-sim format")
@@ -47,6 +49,8 @@ def _simulate(args) -> int:
     from sparsetpc.io import write_hits
 
     dtype = getattr(torch, DTYPES[args.dtype])
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("error: --device cuda requested but CUDA is not available", file=sys.stderr)
         return 2
