@@ -15,7 +15,11 @@ factor ``f``:
   (A, b, c, Δt₀ quadratics; truncated exponential) evaluated at the segment's own ticks t_lo + 0.1·k
   (k < T, T the event-wide maximum) and deposited at global tick round(t_lo/0.1) + k;
 * the pixel list is the reference's own (``pixel_ids``); each segment feeds only the pixels of its own
-  neighbour list (DDA active pixels expanded by ±2), as the reference does.
+  neighbour list (DDA active pixels expanded by ±2), as the reference does;
+* float32 where the reference is float32: TPC borders (drift, t₀) and pixel centres (the reference multiplies
+  an integer pixel index by the pitch, which torch evaluates in float32: a ~1e-6 cm shift that moves a sample
+  across the hard pad edge now and then; with it f = 1 reproduces all four cases to ≤ 3e-11 ADC, without it
+  to ≤ 7e-4 ADC).
 
 f = 1 is the reference itself (must reproduce the stored ADC); f = 2, 4, 8 converge to the continuum limit of
 the reference's physics.  The relaxed front end (sparsetpc.electronics.relaxed_readout, the reference's
@@ -64,6 +68,8 @@ TIME_INTERVAL = (0.0, 200.0)
 SAMPLED_POINTS = 30
 Z_SAMPLING = T_SAMPLING / 2.0   # the reference's z step (a µs constant used as cm)
 E_PER_ADC = (1300.0 - 288.0) / 256.0 / 4.0e-3   # ≈ 988.3 e⁻ per ADC count
+#: relaxed digitize(0) = (V_PED − V_CM)·256/(V_REF − V_CM) + 0.5 (the npz's ``adc_pedestal`` is its float32 rounding)
+PEDESTAL = (580.0 - 288.0) * 256.0 / (1300.0 - 288.0) + 0.5
 CASES = ("test_segment", "mixed_trk0", "mixed_trk1", "mixed_trk4")
 
 # pad response quadratics (c0, c1·x, c2·y, c3·xy, c4·x², c5·y²), physics.md §2.5
@@ -90,7 +96,7 @@ def load_case(name: str, data_dir: Path | None = None) -> dict:
     return dict(name=name, rows=np.asarray(d["input_segments"], dtype=np.float64),
                 fields=[str(f) for f in d["input_fields"]], pixel_ids=np.asarray(d["pixel_ids"]).astype(np.int64),
                 adc=np.asarray(d["adc"], dtype=np.float64), ticks=np.asarray(d["ticks"], dtype=np.float64),
-                pedestal=float(d["adc_pedestal"]))
+                pedestal=PEDESTAL, pedestal_stored=float(d["adc_pedestal"]))
 
 
 # ----------------------------------------------------------------------------------------------- per segment
@@ -242,7 +248,7 @@ def pair_geometry(seg: dict, n: int, pix: tuple, pixel_centre_f32: bool = False)
                 sy=math.copysign(1.0, direction[1]) if direction[1] != 0 else 0.0, st=st, sl=sl)
 
 
-def box_columns(seg: dict, n: int, g: dict, f: int, q_floor: float = 1e-9):
+def box_columns(seg: dict, n: int, g: dict, f: int, q_floor: float = 1e-9, chunk_elems: int = 2_000_000):
     """Charge samples of one pair at refinement f, grouped in z columns.
 
     Returns dict: q [C, Nz] electrons, t0 [Nz] µs (arrival time of each z sample), shape params A, b, c, dt0 [C]
@@ -274,26 +280,31 @@ def box_columns(seg: dict, n: int, g: dict, f: int, q_floor: float = 1e-9):
     dxr, dyr, dzr = segv[0] / L, segv[1] / L, segv[2] / L
     a = dxr * dxr / (2 * sx_ ** 2) + dyr * dyr / (2 * sy_ ** 2) + dzr * dzr / (2 * sz_ ** 2)
     factor = float(seg["n_e"][n]) / L / (sx_ * sy_ * sz_ * math.sqrt(8 * math.pi ** 3))
-    xc, yc, zc = x - start[0], y - start[1], z - start[2]
-    bx = xc / (sx_ ** 2 / dxr) if dxr != 0 else xc * 0.0
+    sa2 = 2 * math.sqrt(a)
+    yc, zc = y - start[1], z - start[2]
     by = yc / (sy_ ** 2 / dyr) if dyr != 0 else yc * 0.0
     bz = zc / (sz_ ** 2 / dzr) if dzr != 0 else zc * 0.0
-    b = -(bx[:, None, None] + by[None, :, None] + bz[None, None, :])
-    delta = ((xc ** 2 / (2 * sx_ ** 2))[:, None, None] + (yc ** 2 / (2 * sy_ ** 2))[None, :, None]
-             + (zc ** 2 / (2 * sz_ ** 2))[None, None, :])
-    sa2 = 2 * math.sqrt(a)
-    integral = math.sqrt(math.pi) * (torch.erf((b + 2 * a * L) / sa2) - torch.erf(b / sa2)) / sa2
-    rho = torch.exp(b * b / (4 * a) - delta) * factor * integral
-    rho = torch.nan_to_num(rho, nan=0.0)
-    q = rho * abs(x_step) * abs(y_step) * abs(z_step)
+    dyz = (yc ** 2 / (2 * sy_ ** 2))[:, None] + (zc ** 2 / (2 * sz_ ** 2))[None, :]
+    byz = by[:, None] + bz[None, :]
     nx, ny = len(x), len(y)
-    q = q.reshape(nx * ny, nz)
-    keep = q.max(dim=1).values >= q_floor
-    if not bool(keep.any()):
+    rows = max(1, chunk_elems // (ny * nz))            # x rows per chunk: memory bounded for any f, N_z
+    qs, XDs, YDs = [], [], []
+    for lo in range(0, nx, rows):
+        hi = min(nx, lo + rows)
+        xc = x[lo:hi] - start[0]
+        bx = xc / (sx_ ** 2 / dxr) if dxr != 0 else xc * 0.0
+        b = -(bx[:, None, None] + byz[None])
+        delta = (xc ** 2 / (2 * sx_ ** 2))[:, None, None] + dyz[None]
+        integral = math.sqrt(math.pi) * (torch.erf((b + 2 * a * L) / sa2) - torch.erf(b / sa2)) / sa2
+        rho = torch.nan_to_num(torch.exp(b * b / (4 * a) - delta) * factor * integral, nan=0.0)
+        q = (rho * (abs(x_step) * abs(y_step) * abs(z_step))).reshape((hi - lo) * ny, nz)
+        keep = q.max(dim=1).values >= q_floor
+        qs.append(q[keep])
+        XDs.append(xd[lo:hi, None].expand(hi - lo, ny).reshape(-1)[keep])
+        YDs.append(yd[None, :].expand(hi - lo, ny).reshape(-1)[keep])
+    q, XD, YD = torch.cat(qs), torch.cat(XDs), torch.cat(YDs)
+    if q.shape[0] == 0:
         return None
-    XD = xd[:, None].expand(nx, ny).reshape(-1)[keep]
-    YD = yd[None, :].expand(nx, ny).reshape(-1)[keep]
-    q = q[keep]
     t0 = ((z - float(seg["z_anode"][n])).abs() - 0.5) / seg["v"]
     A = torch.clamp(_quad(_RESP["A"], XD, YD), max=1.0)
     return dict(q=q, t0=t0, A=A, b=_quad(_RESP["b"], XD, YD), c=_quad(_RESP["c"], XD, YD),
@@ -352,10 +363,10 @@ def current_step(cols: dict, ticks: torch.Tensor, chunk_cols: int = 8192) -> tor
     return out
 
 
-def box_waveforms(case: dict, f: int, method: str = "step", pixel_centre_f32: bool = False, use_lists: bool = True,
+def box_waveforms(case: dict, f: int, method: str = "step", pixel_centre_f32: bool = True, use_lists: bool = True,
                   seg: dict | None = None):
     """Per-pixel charge waveforms [U, W] (electrons per global 0.1 µs tick, column 0 = global tick 0) of the box
-    quadrature at refinement f."""
+    quadrature at refinement f.  ``pixel_centre_f32``: pixel centres rounded as the reference computes them."""
     seg = seg or quench_drift(case["rows"], case["fields"])
     pairs, agree = reference_pairs(seg, case["pixel_ids"], use_lists)
     T = seg["n_ticks"]

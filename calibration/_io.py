@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager
@@ -26,8 +27,20 @@ def atomic_path(path):
         raise
 
 
+def strict(obj):
+    """Copy of ``obj`` with non-finite floats replaced by None, so the file is strict JSON (jq, JS...)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def write_json(path, obj) -> None:
+    """Atomic, strict JSON (NaN/inf written as null)."""
     with atomic_path(path) as tmp:
         with open(tmp, "w") as handle:
-            json.dump(obj, handle, indent=1, allow_nan=True)
+            json.dump(strict(obj), handle, indent=1, allow_nan=False, default=str)
             handle.write("\n")

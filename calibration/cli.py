@@ -72,7 +72,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-noise-target", action="store_true")
     g.add_argument("--no-noise-guess", action="store_true")
     g = p.add_argument_group("loss")
-    g.add_argument("--loss", default="space_match", help="space_match | chamfer | sinkhorn | sdtw | mse")
+    g.add_argument("--loss", default="auto",
+                   help="mse | space_match | chamfer | sinkhorn | sdtw; auto (default): mse on waveforms for simulated "
+                        "targets (smoothest, see docs/calibration.md), space_match for --target-file")
     g.add_argument("--loss-scales", nargs="+", default=None, metavar="AXIS=SCALE", help="x, y [cm], t [us], adc")
     g.add_argument("--loss-opt", nargs="+", default=None, metavar="KEY=VALUE",
                    help="loss options, e.g. temperature=0.1, eps=0.05, gamma=1")
@@ -120,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------------------------- setup
+def _resolve_loss(args) -> None:
+    if args.loss == "auto":
+        args.loss = "space_match" if args.target_file else "mse"
+    if args.loss == "mse" and args.target_file:
+        raise SystemExit("--loss mse needs simulated waveforms on both sides; a --target-file has hits only")
+
+
 def _paramset(args):
     from .paramsets import ParamSet
     kw = dict(lr=args.lr, norm=args.norm, link_vdrift_efield=args.link_vdrift_efield,
@@ -277,6 +286,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if hasattr(args, "loss"):
+        _resolve_loss(args)
     if args.command == "fit":
         return cmd_fit(args)
     return cmd_scan(args)

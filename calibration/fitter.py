@@ -94,7 +94,8 @@ class Fitter:
         if targets is None:
             if self.target_values is None:
                 raise ValueError("give either targets or target_values (closure test)")
-            cache = None if out_dir is None else os.path.join(out_dir, "targets")
+            # only rank 0 writes: other ranks re-simulate their (deterministic) targets on every start
+            cache = None if out_dir is None or not self.dist.is_main else os.path.join(out_dir, "targets")
             describe = getattr(forward, "describe", None)
             tag = "" if not self.dist.enabled else f"_r{self.dist.rank}of{self.dist.world}"
             targets = simulate_targets(forward, paramset, self.local_batches, self.target_values, dtype=dtype,

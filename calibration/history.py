@@ -13,7 +13,7 @@ JSON ``history.json``::
 
 HDF5 ``history.h5``: datasets ``iteration``, ``loss``, ``batch``, ``values/<name>``, ``grads/<name>``,
 ``lr/<name>``; attributes ``params`` (JSON list), ``target``, ``initial``, ``norm`` (JSON strings).
-NaN marks a skipped (non-finite) gradient.
+A skipped (non-finite) gradient is NaN in HDF5 and null in JSON (the JSON files are strict).
 """
 from __future__ import annotations
 
@@ -65,10 +65,11 @@ class History:
     def from_dict(cls, d: Mapping) -> "History":
         h = cls(d["params"], d.get("target"), d.get("initial"), d.get("norm"), d.get("units"))
         h.iteration = [int(v) for v in d["iteration"]]
-        h.loss = [float(v) for v in d["loss"]]
+        num = lambda v: math.nan if v is None else float(v)      # JSON stores NaN as null
+        h.loss = [num(v) for v in d["loss"]]
         h.batch = [int(v) for v in d["batch"]]
         for key in ("values", "grads", "lr"):
-            setattr(h, key, {n: [float(v) for v in d[key][n]] for n in h.names})
+            setattr(h, key, {n: [num(v) for v in d[key][n]] for n in h.names})
         return h
 
     def save(self, path, fmt: str = "json") -> None:

@@ -76,19 +76,20 @@ def plot_correlation(names: Sequence[str], corr, path) -> None:
 def plot_scan(scan: Mapping, path) -> None:
     """``scan``: {"param": name, "values": [...], "losses": {loss_name: [...]}, "target": float|None}.
 
-    Each loss curve is divided by its maximum so that losses of different scale share one axis.
+    Each loss curve is mapped to [0, 1] ((L − min)/(max − min)) so that losses of different scale and offset
+    share one axis.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.8))
     x = np.asarray(scan["values"], dtype=float)
     for name, losses in scan["losses"].items():
         y = np.asarray(losses, dtype=float)
-        m = np.nanmax(np.abs(y)) if np.isfinite(y).any() else 1.0
-        ax.plot(x, y / (m if m > 0 else 1.0), marker=".", lw=1, label=name)
+        lo, hi = (np.nanmin(y), np.nanmax(y)) if np.isfinite(y).any() else (0.0, 1.0)
+        ax.plot(x, (y - lo) / (hi - lo if hi > lo else 1.0), marker=".", lw=1, label=name)
     if scan.get("target") is not None:
         ax.axvline(scan["target"], color="k", ls="--", lw=0.8, label="target")
     ax.set_xlabel(scan["param"])
-    ax.set_ylabel("loss / max")
+    ax.set_ylabel("(loss − min) / (max − min)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
@@ -100,3 +101,16 @@ def plot_fit(history, result: Mapping, out_dir) -> None:
     plot_loss(history, os.path.join(out_dir, "loss.png"))
     if result.get("correlation") is not None:
         plot_correlation(history.names, result["correlation"], os.path.join(out_dir, "correlation.png"))
+
+
+def plot_scans_from_json(path, out_dir) -> list:
+    """Re-draw every scan of a ``scan.json`` (written by ``python -m calibration scan``); returns the PNG paths."""
+    import json
+    with open(path) as handle:
+        data = json.load(handle)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for scan in data["scans"]:
+        paths.append(os.path.join(out_dir, f"scan_{scan['param']}.png"))
+        plot_scan(scan, paths[-1])
+    return paths

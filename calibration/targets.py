@@ -75,6 +75,9 @@ def simulate_targets(forward, paramset, batches: Sequence, target_values: Mappin
     outs = []
     with torch.no_grad():
         for i, batch in enumerate(batches):
+            if batch.n_units == 0:            # an empty shard (more ranks than units in this batch)
+                outs.append(None)
+                continue
             out = call_forward(forward, params, batch.data, noise=noise, seed=derive_seed(seed, 1, i))
             outs.append(detach_tree(out))
     if path is not None:

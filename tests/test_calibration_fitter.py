@@ -91,7 +91,7 @@ def test_history_readable_without_our_code(tmp_path):
         np.testing.assert_array_equal(f["values/Ab"][()], d["values"]["Ab"])   # same trajectory in both formats
 
 
-def test_nan_gradient_skips_step():
+def test_nan_gradient_skips_step(tmp_path):
     calls = {"n": 0}
     base = HitsLoss("space_match")
 
@@ -109,6 +109,9 @@ def test_nan_gradient_skips_step():
     assert math.isnan(h.grads["Ab"][2]) and math.isnan(h.loss[2])
     assert h.values["Ab"][3] == h.values["Ab"][2]            # step skipped
     assert h.values["Ab"][2] != h.values["Ab"][1] and h.values["Ab"][4] != h.values["Ab"][3]
+    h.save(tmp_path / "h.json")                               # strict JSON: NaN written as null, read back as NaN
+    raw = json.loads((tmp_path / "h.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-strict {c}"))
+    assert raw["grads"]["Ab"][2] is None and math.isnan(History.load(tmp_path / "h.json").grads["Ab"][2])
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "lbfgs", "adamw"])
@@ -177,3 +180,35 @@ def test_cli_param_file_and_errors(tmp_path):
     assert res["link_vdrift_efield"] and res["params"]["eField"]["target"] == 0.52 and res["correlation"] is None
     with pytest.raises(SystemExit):
         main(["fit", "--forward", "toy", "--params", "Ab", "--out", str(tmp_path / "x")])   # no target given
+
+
+def test_real_sigkill_then_resume_matches(tmp_path):
+    """A CLI fit killed with SIGKILL right after its first checkpoint resumes to the uninterrupted result."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = ["fit", "--forward", "toy", "--ntracks", "4", "--tracks-per-batch", "2", "--params", "Ab", "vdrift",
+            "--closure-seed", "1", "--iterations", "400", "--lr", "0.02", "--no-progress", "--no-plots", "--no-hessian",
+            "--checkpoint-every", "20", "--seed", "3", "--threads", "1"]
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "calibration", *args, "--out", str(out)], cwd=root, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    if (out / "result.json").exists():
+        pytest.skip("the fit finished before it could be killed")
+    done = torch.load(out / "checkpoint.pt", weights_only=False)["iteration"]
+    assert 0 < done < 400
+    assert main(args + ["--out", str(out), "--resume"]) == 0
+    assert main(args + ["--out", str(tmp_path / "straight")]) == 0
+    a = json.loads((out / "result.json").read_text())
+    b = json.loads((tmp_path / "straight" / "result.json").read_text())
+    assert a["params"] == b["params"] and a["final_loss"] == b["final_loss"]
+    assert json.loads((out / "history.json").read_text())["values"] == \
+        json.loads((tmp_path / "straight" / "history.json").read_text())["values"]

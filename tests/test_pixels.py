@@ -35,7 +35,7 @@ class TestAssociation:
         d = np.asarray(direction) / np.linalg.norm(direction)
         end = start + 3.1 * d
         margin = 0.07
-        pairs = associate(torch.tensor([start]), torch.tensor([end]), torch.tensor([0]), torch.tensor([margin]), DET)
+        pairs = associate(torch.tensor(start[None]), torch.tensor(end[None]), torch.tensor([0]), torch.tensor([margin]), DET)
         got = set(zip(pairs.ix.tolist(), pairs.iy.tolist()))
         # pads only grazed within the sampling resolution of the brute force may differ: compare with a tolerance
         inner = _brute_force(start, end, margin - 1e-3, 0)

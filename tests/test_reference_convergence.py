@@ -46,17 +46,17 @@ def test_quench_drift_matches_reference_internals(test_segment):
 
 
 def test_box_f1_reproduces_reference_adc(rc, test_segment):
-    """f = 1 with the reference's relaxed (sigmoid) step is the reference: achieved max |ΔADC| 2e-5,
-    max |Δt| 1.3e-6 µs on the 5 readouts (asserted at 1e-3 ADC and 1e-4 µs)."""
+    """f = 1 with the reference's relaxed (sigmoid) step is the reference: achieved max |ΔADC| 5e-11 and
+    max |Δt| 6.4e-8 µs on the 5 readouts (asserted at 1e-6 ADC and 1e-5 µs)."""
     case, seg = test_segment
     wave, info = rc.box_waveforms(case, 1, "sigmoid", seg=seg)
     assert info["pixel_lists_agree"]
     adc, t, valid = rc.readout(wave, case["pedestal"])
     ref_valid = case["adc"] > case["pedestal"] + 1e-9
     assert np.array_equal(valid, ref_valid)
-    assert np.abs(adc - case["adc"]).max() < 1e-3
+    assert np.abs(adc - case["adc"]).max() < 1e-6
     ref_t = case["ticks"] * 6004.0 / 6000.0
-    assert np.abs(t - ref_t)[valid].max() < 1e-4
+    assert np.abs(t - ref_t)[valid].max() < 1e-5
 
 
 def test_box_residual_to_sparsetpc_shrinks_with_refinement(rc, test_segment, ours):

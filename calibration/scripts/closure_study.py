@@ -4,7 +4,7 @@
         [--ntracks 6] [--iterations 300] [--loss space_match] [--threads 1]
 
 Default: the six-parameter set of the reference (Ab, kb, eField with vdrift linked, lifetime, tran_diff,
-long_diff; every lr 1e-2 as its param_list.yaml), Adam, gradient clipping 1, no noise.  Without ``--input``,
+long_diff; every lr 1e-2 as its param_list.yaml), Adam, gradient clipping 1, no noise, waveform MSE loss.  Without ``--input``,
 tracks come from ``sparsetpc.example.write_example`` (written into the output directory).  Each fit goes to
 ``OUT/seed<k>/`` (result.json, history, plots); the summary ``OUT/closure_study.json`` holds per seed and
 parameter: initial, target, fitted, relative residual, sigma, pull, and the wall time.
@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--input", default=None)
     p.add_argument("--example-seed", type=int, default=3)
+    p.add_argument("--example-events", type=int, default=4)
+    p.add_argument("--example-tracks", type=int, default=3, help="tracks per generated event")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--params", nargs="+", default=list(SIX))
     p.add_argument("--lr", type=float, default=1e-2)
@@ -33,7 +35,7 @@ def main(argv=None) -> int:
     p.add_argument("--track-seed", type=int, default=None)
     p.add_argument("--tracks-per-batch", type=int, default=None)
     p.add_argument("--iterations", type=int, default=300)
-    p.add_argument("--loss", default="space_match")
+    p.add_argument("--loss", default="mse")
     p.add_argument("--scheduler", default=None)
     p.add_argument("--scheduler-kwargs", default="{}")
     p.add_argument("--no-link", action="store_true", help="do not link vdrift to eField")
@@ -47,7 +49,7 @@ def main(argv=None) -> int:
     path = args.input
     if path is None:
         from sparsetpc.example import write_example
-        path = str(write_example(os.path.join(args.out, "example_tracks.h5"), n_events=4, tracks_per_event=3,
+        path = str(write_example(os.path.join(args.out, "example_tracks.h5"), n_events=args.example_events, tracks_per_event=args.example_tracks,
                                  seed=args.example_seed, step=1.0))
     param_file = os.path.join(args.out, "param_list.yaml")
     with open(param_file, "w") as handle:
