@@ -47,9 +47,8 @@ def _segment_rows(dz: float, cot: float, dedx: float = 2.1):
 def _track_rows(case: str):
     if case.startswith("mixed_trk") or case == "test_segment":
         shared = Path(os.environ.get("SPARSETPC_SHARED_DATA", REPO.parent / "shared" / "data"))
-        sys.path.insert(0, str(REPO / "tests"))
-        from helpers import reference_rows
-        return reference_rows(shared / "reference" / f"{case}_fwd.npz")
+        from validation.run_reference import segment_rows
+        return segment_rows(shared / "reference" / f"{case}_fwd.npz")
     from sparsetpc.example import generate
     from sparsetpc.segments import swap_xz
     return swap_xz(generate(1, 3, seed=int(case.split("_")[-1])))

@@ -3,28 +3,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from contextlib import contextmanager
+
+from sparsetpc.io import atomic_write
 
 
-@contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+#: One atomic writer for the whole project (temporary file beside the target, fsync, os.replace).
+atomic_path = atomic_write
 
 
 def strict(obj):

@@ -12,6 +12,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -54,11 +55,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tracks-per-batch", type=int, default=None, help="mini-batch size in tracks (default all)")
     g.add_argument("--group", choices=("track", "event"), default="track", help="unit of a batch")
     g.add_argument("--no-cuts", action="store_true", help="keep every segment with dx > 0 (no track selection)")
+    g.add_argument("--min-abs-segment-z", default=None, metavar="CM|none",
+                   help="override Cuts.min_abs_segment_z (default 15 cm keeps only drifts < ~15 cm; `none` keeps "
+                        "the whole drift, needed to constrain the lifetime)")
     g = p.add_argument_group("parameters")
     g.add_argument("--params", nargs="+", default=None, help="parameters to fit")
     g.add_argument("--param-file", default=None, help="YAML `name: lr` (or name: {lr, norm, bounds})")
     g.add_argument("--lr", type=float, default=None, help="learning rate for every --params entry (default 1e-2)")
-    g.add_argument("--norm", choices=("divide", "standard", "none"), default="divide")
+    g.add_argument("--norm", choices=("divide", "standard", "none", "inverse"), default="divide")
     g.add_argument("--no-bounds", action="store_true", help="do not clamp parameters into their RANGES")
     g.add_argument("--link-vdrift-efield", action="store_true", help="drift velocity computed from eField")
     g.add_argument("--fixed", nargs="+", default=None, metavar="NAME=VALUE", help="non-fitted parameter values")
@@ -73,7 +77,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-noise-guess", action="store_true")
     g = p.add_argument_group("loss")
     g.add_argument("--loss", default="auto",
-                   help="mse | space_match | chamfer | sinkhorn | sdtw; auto (default): mse on waveforms for simulated "
+                   help="mse | chi2 | space_match | chamfer | sinkhorn | sdtw; auto (default): mse on waveforms for simulated "
                         "targets (smoothest, see docs/calibration.md), space_match for --target-file")
     g.add_argument("--loss-scales", nargs="+", default=None, metavar="AXIS=SCALE", help="x, y [cm], t [us], adc")
     g.add_argument("--loss-opt", nargs="+", default=None, metavar="KEY=VALUE",
@@ -112,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hessian-step", type=float, default=1e-3)
     g.add_argument("--errordef", type=float, default=1.0, help="loss rise at 1 sigma (1: chi2, 0.5: NLL)")
     g.add_argument("--no-plots", action="store_true")
+    g.add_argument("--polish-lbfgs", type=int, default=0, metavar="N",
+                   help="after the loop, N L-BFGS steps (strong Wolfe, ≤20 inner iterations each) on the full "
+                        "objective (all batches); for deterministic (noise-free guess) fits")
+    g.add_argument("--polish-kwargs", default="{}", help="JSON kwargs of torch.optim.LBFGS for the polish")
+    g.add_argument("--max-wall", type=float, default=None, metavar="S",
+                   help="leave the main loop after S seconds of wall time (then polish, Hessian, result)")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)   # test hook (simulated kill)
     scan = sub.add_parser("scan", help="1-D loss scans per parameter for several losses")
     _common(scan)
@@ -159,12 +169,17 @@ def _data(args, dtype, device):
     import sparsetpc as st
     from sparsetpc.segments import Cuts, load_segments
     from .forward import SimForward
-    segs = load_segments(args.input, cuts=Cuts.none() if args.no_cuts else Cuts(), dtype=dtype, device=device)
+    cuts = Cuts.none() if args.no_cuts else Cuts()
+    if args.min_abs_segment_z is not None:
+        value = args.min_abs_segment_z
+        cuts = dataclasses.replace(cuts, min_abs_segment_z=None if str(value).lower() == "none" else float(value))
+    segs = load_segments(args.input, cuts=cuts, dtype=dtype, device=device)
     group = "event" if args.target_file else args.group
     batches = segment_batches(segs, args.ntracks, args.tracks_per_batch, args.track_seed, group)
     forward = SimForward(memory_budget=args.memory_budget, mode=args.mode, return_waveforms=args.loss == "mse")
     info = {"input": os.path.abspath(args.input), "input_size": os.path.getsize(args.input),
-            "ntracks": args.ntracks, "track_seed": args.track_seed, "group": group, "no_cuts": args.no_cuts}
+            "ntracks": args.ntracks, "track_seed": args.track_seed, "group": group, "no_cuts": args.no_cuts,
+            "cuts": dataclasses.asdict(cuts)}
     return forward, batches, info
 
 
@@ -212,7 +227,8 @@ def cmd_fit(args) -> int:
             scheduler_step=args.scheduler_step, checkpoint_every=args.checkpoint_every, seed=args.seed,
             shuffle=not args.no_shuffle, noise_guess=noise_guess, progress=not args.no_progress,
             history_format=args.history_format, stop_after=args.stop_after, hessian=not args.no_hessian,
-            hessian_step=args.hessian_step, errordef_up=args.errordef, plots=not args.no_plots)
+            hessian_step=args.hessian_step, errordef_up=args.errordef, plots=not args.no_plots,
+            polish_lbfgs=args.polish_lbfgs, polish_kwargs=json.loads(args.polish_kwargs), max_wall_s=args.max_wall)
         targets = None
         if args.target_file:
             targets = targets_from_file(args.target_file, [dist.shard(b) for b in batches], dtype, device)

@@ -28,7 +28,7 @@ from .forward import accepts, call_forward
 from .history import History
 from .paramsets import ParamSet
 from .targets import derive_seed, simulate_targets
-from .uncertainty import covariance_from_hessian, fd_hessian, nan_to_none, to_physical
+from .uncertainty import covariance_from_hessian, degeneracy_warnings, fd_hessian, nan_to_none, to_physical
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "lbfgs": torch.optim.LBFGS}
@@ -55,6 +55,9 @@ class FitConfig:
     hessian_step: float = 1e-3                  # FD step in internal units
     errordef_up: float = 1.0                    # cov = 2·up·H⁻¹ (see uncertainty.py)
     plots: bool = True
+    polish_lbfgs: int = 0                       # L-BFGS steps on the full objective (all batches) after the loop
+    polish_kwargs: Dict[str, Any] = field(default_factory=dict)   # torch.optim.LBFGS kwargs for the polish
+    max_wall_s: Optional[float] = None          # leave the main loop once this much wall time is spent
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,8 +142,15 @@ class Fitter:
                     leaf.grad = torch.zeros_like(leaf)
         return self.dist.reduce_grads(leaves, loss, n_local)
 
-    def evaluate(self, theta: torch.Tensor, need_grad: bool = True):
-        """Loss and gradient over *all* batches (unit-weighted mean) at internal point ``theta`` [P]."""
+    @property
+    def loss_is_chi2(self) -> bool:
+        """The loss is a χ² per unit (``loss.chi2`` true): the full objective is then the *sum* over units."""
+        return bool(getattr(self.loss_fn, "chi2", False))
+
+    def evaluate(self, theta: torch.Tensor, need_grad: bool = True, total: Optional[bool] = None):
+        """Loss and gradient over *all* batches at internal point ``theta`` [P]: the unit-weighted mean, or with
+        ``total`` (default: when the loss is a χ²) the sum over units, i.e. the total χ²."""
+        total = self.loss_is_chi2 if total is None else total
         leaves = [theta[k].detach().clone().requires_grad_(need_grad) for k in range(theta.numel())]
         total_loss = torch.zeros((), dtype=self.dtype, device=self.device)
         grad_sum = torch.zeros(len(leaves), dtype=self.dtype, device=self.device)
@@ -162,6 +172,8 @@ class Fitter:
             import torch.distributed as tdist
             tdist.all_reduce(packed, op=tdist.ReduceOp.SUM)
         n = packed[-1].clamp_min(1.0)
+        if total:
+            return packed[-2], packed[:-2]
         return packed[-2] / n, packed[:-2] / n
 
     def _make_optimizer(self, leaves):
@@ -229,6 +241,9 @@ class Fitter:
             while it < cfg.iterations:
                 if cfg.stop_after is not None and done_here >= cfg.stop_after:
                     return {"interrupted": True, "iteration": it}
+                if cfg.max_wall_s is not None and wall_prev + time.perf_counter() - t0 > cfg.max_wall_s:
+                    self.stopped_by_wall = True
+                    break
                 epoch, pos = divmod(it, nb)
                 b = int(self._order(epoch)[pos])
                 values = ps.physical_values(leaves)
@@ -277,10 +292,66 @@ class Fitter:
         finally:
             if pbar is not None:
                 pbar.close()
-        return self._finish(leaves, history, it, wall_prev + time.perf_counter() - t0, history_name)
+        polish = self._polish(leaves, history, it) if cfg.polish_lbfgs > 0 else None
+        result = self._finish(leaves, history, it, wall_prev + time.perf_counter() - t0, history_name, polish)
+        return result
+
+    def _polish(self, leaves: List[torch.Tensor], history: History, it: int) -> Dict[str, Any]:
+        """L-BFGS (strong-Wolfe line search) on the full deterministic objective (every batch), after the loop.
+
+        Evaluations are at the point clamped into the bounds (the line search may probe outside them).
+        Not checkpointed: a resumed fit that had finished its loop redoes the polish from the final checkpoint
+        (deterministic, so the result is the same).  Each polish step is recorded in the history with batch −1;
+        its gradients are those of the full objective.  Bounds are applied after each step.
+        """
+        cfg = self.config
+        ps = self.paramset
+        t0 = time.perf_counter()
+        theta = torch.stack([leaf.detach().reshape(()) for leaf in leaves]).clone().requires_grad_(True)
+        kwargs = {"lr": 1.0, "max_iter": 20, "line_search_fn": "strong_wolfe", "tolerance_grad": 1e-12,
+                  "tolerance_change": 1e-15, "history_size": 20, **cfg.polish_kwargs}
+        opt = torch.optim.LBFGS([theta], **kwargs)
+        n_eval = [0]
+
+        lo = torch.tensor([(spec.internal_bounds() or (-math.inf, math.inf))[0] for spec in ps],
+                          dtype=theta.dtype, device=theta.device)
+        hi = torch.tensor([(spec.internal_bounds() or (-math.inf, math.inf))[1] for spec in ps],
+                          dtype=theta.dtype, device=theta.device)
+
+        def closure():
+            # the line search may probe outside the bounds (even unphysical values): evaluate f(clamp(θ)),
+            # whose gradient is zero along clamped coordinates
+            opt.zero_grad()
+            point = torch.minimum(torch.maximum(theta.detach(), lo), hi)
+            loss, grad = self.evaluate(point)
+            inside = (theta.detach() >= lo) & (theta.detach() <= hi)
+            theta.grad = torch.where(inside, grad.detach(), torch.zeros_like(grad))
+            n_eval[0] += 1
+            return loss.detach()
+        losses = []
+        for k in range(cfg.polish_lbfgs):
+            values = ps.physical_values([theta[i] for i in range(theta.numel())])
+            loss = opt.step(closure)
+            with torch.no_grad():
+                for i, spec in enumerate(ps):
+                    ib = spec.internal_bounds()
+                    if ib is not None:
+                        theta[i].clamp_(ib[0], ib[1])
+            grads = [float(g) for g in (theta.grad if theta.grad is not None else torch.zeros_like(theta))]
+            history.append(it + k, float(loss), -1, values, dict(zip(ps.names, grads)),
+                           {s.name: float(kwargs["lr"]) for s in ps})
+            losses.append(float(loss))
+            if not all(math.isfinite(g) for g in grads):
+                break
+        with torch.no_grad():
+            for i, leaf in enumerate(leaves):
+                leaf.copy_(theta[i].detach())
+        return {"steps": len(losses), "evaluations": n_eval[0], "losses": losses,
+                "wall_time_s": time.perf_counter() - t0, "kwargs": kwargs}
 
     # ------------------------------------------------------------------ end of fit
-    def _finish(self, leaves, history: History, iterations: int, wall: float, history_name: str) -> Dict[str, Any]:
+    def _finish(self, leaves, history: History, iterations: int, wall: float, history_name: str,
+                polish: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         cfg = self.config
         ps = self.paramset
         self.history = history
@@ -290,8 +361,13 @@ class Fitter:
         if cfg.hessian:
             hess = fd_hessian(lambda th: self.evaluate(th)[1], theta, cfg.hessian_step)
             unc = covariance_from_hessian(hess, cfg.errordef_up)
-            cov_phys = to_physical(unc["covariance"], ps.jacobians())
+            cov_phys = to_physical(unc["covariance"], ps.jacobians(ps.physical_values(leaves)))
             sigma_phys = np.where(np.isfinite(unc["sigma"]), np.sqrt(np.abs(np.diag(cov_phys))), np.nan)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                corr_phys = cov_phys / np.outer(sigma_phys, sigma_phys)   # physical signs (inverse norm flips)
+            np.fill_diagonal(corr_phys, np.where(np.isfinite(sigma_phys), 1.0, np.nan))
+            unc["correlation"] = corr_phys
+        warn = degeneracy_warnings(ps.names, unc) if unc is not None else []
         fitted = ps.physical_values(leaves)
         result = {
             "params": {s.name: {"initial": self.initial_values[s.name],
@@ -306,8 +382,15 @@ class Fitter:
             "covariance": None if unc is None else nan_to_none(cov_phys),
             "hessian_internal": None if unc is None else nan_to_none(hess),
             "hessian_posdef": None if unc is None else unc["hessian_posdef"],
+            "hessian_condition": None if unc is None else nan_to_none(unc["condition"]),
+            "warnings": warn,
+            "loss_is_chi2": self.loss_is_chi2,
             "uncertainty_convention": f"cov = 2*up*H^-1 with up = {cfg.errordef_up} (loss rises by up at 1 sigma); "
-                                      f"H by central differences of gradients, step {cfg.hessian_step} (internal units)",
+                                      f"H by central differences of gradients, step {cfg.hessian_step} (internal units); "
+                                      + ("loss = total chi2 (sum over units)" if self.loss_is_chi2 else
+                                         "loss = mean over units (not a chi2: sigmas are a sensitivity measure)"),
+            "polish": polish,
+            "stopped_by_wall_time": bool(getattr(self, "stopped_by_wall", False)),
             "wall_time_s": float(wall),
             "world_size": self.dist.world,
             "link_vdrift_efield": ps.link_vdrift_efield,

@@ -14,6 +14,10 @@ Normalisations (physics.md §3):
     by sigma² (a dimensional slip: the leaf then has units of 1/p); we divide by sigma so the scale is unit-free.
 ``none``
     internal = p.
+``inverse``
+    internal = nominal / p (so internal ∝ 1/p).  Meant for ``lifetime``, whose inverse enters linearly in the
+    attenuation exponent exp(−t_drift/τ): the loss is much closer to quadratic in 1/τ than in τ, and the
+    gradient does not fade at long lifetimes.  Values reported (history, result) stay physical (µs).
 
 Bounds (physical units) are enforced by projection after every optimiser step; the default bounds are the
 ``RANGES`` interval.  ``bounds: null`` in a YAML spec disables them.
@@ -28,7 +32,7 @@ import torch
 
 from sparsetpc.params import RANGES, Params
 
-NORMALISATIONS = ("divide", "standard", "none")
+NORMALISATIONS = ("divide", "standard", "none", "inverse")
 DEFAULT_LR = 1e-2
 
 
@@ -73,26 +77,38 @@ class ParamSpec:
     def unit(self) -> str:
         return RANGES[self.name][3]
 
-    # --------------------------------------------------------------- normalisation (affine: p = a*q + b)
+    # --------------------------------------------------------------- normalisation (affine p = a*q + b, or inverse)
     @property
     def scale_offset(self) -> Tuple[float, float]:
         if self.norm == "divide":
             return self.nominal, 0.0
         if self.norm == "standard":
             return 0.5 * (self.high - self.low), self.nominal
+        if self.norm == "inverse":
+            raise ParamSetError(f"{self.name}: the inverse normalisation is not affine")
         return 1.0, 0.0
 
     def to_internal(self, value):
+        if self.norm == "inverse":
+            return self.nominal / value
         a, b = self.scale_offset
         return (value - b) / a
 
     def to_physical(self, q):
+        if self.norm == "inverse":
+            return self.nominal / q
         a, b = self.scale_offset
         return q * a + b
 
     @property
     def jacobian(self) -> float:
-        """d(physical)/d(internal)."""
+        """d(physical)/d(internal) of an affine normalisation (see :meth:`jacobian_at` for any)."""
+        return self.scale_offset[0]
+
+    def jacobian_at(self, value: float) -> float:
+        """d(physical)/d(internal) at the physical ``value`` (−p²/nominal for ``inverse``)."""
+        if self.norm == "inverse":
+            return -float(value) ** 2 / self.nominal
         return self.scale_offset[0]
 
     def internal_bounds(self) -> Optional[Tuple[float, float]]:
@@ -231,5 +247,8 @@ class ParamSet:
     def param_groups(self, leaves: Sequence[torch.Tensor], lr_scale: float = 1.0) -> List[dict]:
         return [{"params": [leaf], "lr": spec.lr * lr_scale, "name": spec.name} for spec, leaf in zip(self.specs, leaves)]
 
-    def jacobians(self) -> List[float]:
-        return [s.jacobian for s in self.specs]
+    def jacobians(self, values: Optional[Mapping[str, float]] = None) -> List[float]:
+        """d(physical)/d(internal) per parameter, at the physical ``values`` (needed for ``inverse``)."""
+        if values is None:
+            return [s.jacobian for s in self.specs]
+        return [s.jacobian_at(values[s.name]) for s in self.specs]

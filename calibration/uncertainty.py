@@ -60,8 +60,36 @@ def covariance_from_hessian(hess: np.ndarray, up: float = 1.0) -> Dict[str, obje
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = cov / np.outer(sigma, sigma)
     np.fill_diagonal(corr, np.where(np.isfinite(sigma), 1.0, np.nan))
+    absmax = float(np.max(np.abs(eig))) if eig.size else 0.0
+    absmin = float(np.min(np.abs(eig))) if eig.size else 0.0
+    condition = absmax / absmin if absmin > 0 else math.inf
     return {"covariance": cov, "sigma": sigma, "correlation": corr, "hessian_eigenvalues": eig,
-            "hessian_posdef": posdef}
+            "hessian_posdef": posdef, "condition": condition}
+
+
+#: |correlation| above which two fitted parameters are reported as (nearly) degenerate
+DEGENERATE_CORRELATION = 0.99
+#: Hessian condition number (internal units) above which the fit is reported as ill-conditioned
+ILL_CONDITIONED = 1e8
+
+
+def degeneracy_warnings(names: Sequence[str], unc: Dict[str, object],
+                        max_corr: float = DEGENERATE_CORRELATION, max_condition: float = ILL_CONDITIONED) -> List[str]:
+    """Human-readable warnings: parameter pairs with |ρ| > ``max_corr`` (only their combination is constrained;
+    the individual values wander along the valley), an ill-conditioned or non-positive-definite Hessian."""
+    out = []
+    corr = np.asarray(unc["correlation"], dtype=np.float64)
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            if np.isfinite(corr[i, j]) and abs(corr[i, j]) > max_corr:
+                out.append(f"degenerate: |corr({names[i]}, {names[j]})| = {abs(corr[i, j]):.4f} > {max_corr}; "
+                           f"only a combination of the two is constrained")
+    cond = float(unc.get("condition", math.nan))
+    if not math.isfinite(cond) or cond > max_condition:
+        out.append(f"ill-conditioned Hessian: condition number {cond:.3g} > {max_condition:.0e}")
+    if not unc.get("hessian_posdef", True):
+        out.append("Hessian not positive definite: not at a minimum (or flat direction); sigmas unreliable")
+    return out
 
 
 def to_physical(cov_internal: np.ndarray, jacobians: Sequence[float]) -> np.ndarray:

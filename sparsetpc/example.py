@@ -8,12 +8,11 @@ Coordinates are written in edep-sim's frame (x = drift axis), in cm, inside modu
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .io import atomic_write
 from .segments import SEGMENT_DTYPE
 
 #: module-0 active volume in edep-sim's frame [cm]: x = drift (two volumes either side of the cathode)
@@ -88,17 +87,9 @@ def write_example(path, n_events: int = 3, tracks_per_event: int = 3, seed: int 
     import h5py
     path = Path(path)
     rows = generate(n_events, tracks_per_event, seed, step)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(handle)
-    try:
+    with atomic_write(path) as tmp:
         with h5py.File(tmp, "w") as f:
             dset = f.create_dataset("segments", data=rows)
             dset.attrs["units"] = "cm, MeV, MeV/cm, us; edep-sim frame (x = drift axis)"
             f.attrs["generator"] = f"sparsetpc.example seed={seed} events={n_events} tracks/event={tracks_per_event}"
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

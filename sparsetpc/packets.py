@@ -28,8 +28,6 @@ is taken to come from larnd-sim).
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ import numpy as np
 
 from .exceptions import GeometryError, InputFormatError
 from .hits import HIT_DTYPE
+from .io import atomic_write
 
 #: ``packets`` row of LArPix+HDF5 format 2.4 (larpix-control ``hdf5format.dtypes['2.4']['packets']``).
 PACKET_DTYPE = np.dtype([
@@ -276,9 +275,7 @@ def _write_file(path: Path, packets: np.ndarray, mc: np.ndarray, time_axis: str)
     directory = path.resolve().parent
     if not directory.is_dir():
         raise InputFormatError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=path.name + ".tmp")
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         with h5py.File(tmp, "w") as f:
             header = f.create_group("_header")
             now = time.time()
@@ -291,11 +288,6 @@ def _write_file(path: Path, packets: np.ndarray, mc: np.ndarray, time_axis: str)
             f.create_dataset("configs", shape=(0,), maxshape=(None,), dtype=CONFIG_DTYPE)
             f.create_dataset("mc_packets_assn", data=mc, dtype=MC_ASSN_DTYPE)
             f.attrs["sparsetpc_time_axis"] = time_axis
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @dataclass

@@ -1,41 +1,20 @@
 """Shared helpers of the sparsetpc core tests: locating ../shared/data and building small inputs."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from validation.run_reference import segment_rows as reference_rows  # rows (z = drift) of a reference npz
+from validation.run_reference import shared_data_dir
+
 REPO = Path(__file__).resolve().parents[1]
 
-
-def shared_data():
-    """``../shared/data`` beside the checkout (or $SPARSETPC_SHARED_DATA), or None."""
-    env = os.environ.get("SPARSETPC_SHARED_DATA")
-    for candidate in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
-        if candidate.is_dir():
-            return candidate
-    return None
-
-
-SHARED = shared_data()
+SHARED = shared_data_dir()
 needs_shared = pytest.mark.skipif(SHARED is None, reason="shared reference data not found: place it at "
                                   "<repo>/../shared/data or set SPARSETPC_SHARED_DATA")
-
-
-def reference_rows(path) -> np.ndarray:
-    """Segment rows (z = drift) stored in a reference npz (2-D float table or structured array)."""
-    from sparsetpc.segments import SEGMENT_DTYPE
-    data = np.load(path, allow_pickle=True)
-    table = data["input_segments"]
-    rows = np.zeros(len(table), dtype=SEGMENT_DTYPE)
-    for j, name in enumerate(data["input_fields"]):
-        name = str(name)
-        if name in SEGMENT_DTYPE.names:
-            rows[name] = table[name] if table.dtype.names else table[:, j]
-    return rows
 
 
 def make_rows(starts, ends, dEdx=2.1, event=0, track=1):

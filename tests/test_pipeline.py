@@ -147,7 +147,7 @@ class TestCLI:
             hits = f["hits"][()]
             assert set(hits.dtype.names) >= {"event_id", "pixel_plane", "pixel_ix", "pixel_iy", "x", "y", "t", "adc", "readout"}
             assert len(hits) > 0 and len(f["segments"]) > 0
-            assert "cm" in f["hits"].attrs["unit_x"]
+            assert "cm" in f["hits"].attrs["x"] and "us" in f["hits"].attrs["t"]
         assert not list(tmp_path.glob(".*.tmp"))
 
     def test_missing_input_is_a_clear_error(self, tmp_path, capsys):

@@ -7,7 +7,6 @@ import importlib.util
 
 import numpy as np
 import pytest
-import torch
 
 from helpers import REPO, SHARED, needs_shared
 

@@ -16,17 +16,9 @@ def _pyplot():
 
 def _save(fig, path: Path) -> None:
     """Write the figure atomically (temporary file in the same directory, then rename)."""
-    import os
-    import tempfile
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp", suffix=".png")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from sparsetpc.io import atomic_write
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
 
 
 def plot_comparison(ref: HitTable, ours: HitTable, summary: dict, out_dir, max_events: int = 5) -> List[str]:

@@ -253,29 +253,5 @@ def _read_reference(path, layout: PixelLayout, borders, raw_time: bool) -> HitTa
 # ---------------------------------------------------------------------------- sparsetpc output writer
 def write_sparsetpc_hits(path, hits, *, adc_pedestal: Optional[float] = None, mode: Optional[str] = None) -> None:
     """Write a hit table as sparsetpc output HDF5 (dataset ``hits``, HIT_DTYPE, units in attrs), atomically."""
-    import os
-    import tempfile
-
-    import h5py
-
-    from sparsetpc.hits import HIT_UNITS
-    if hasattr(hits, "to_numpy") and not isinstance(hits, np.ndarray):
-        hits = hits.to_numpy()
-    hits = np.asarray(hits, dtype=HIT_DTYPE)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=path.name + ".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            dset = f.create_dataset("hits", data=hits)
-            for name, unit in HIT_UNITS.items():
-                dset.attrs[name] = unit
-            if adc_pedestal is not None:
-                dset.attrs["adc_pedestal"] = float(adc_pedestal)
-            if mode is not None:
-                dset.attrs["mode"] = mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from sparsetpc.io import write_hits
+    write_hits(path, hits, adc_pedestal=adc_pedestal, mode=mode)

@@ -145,9 +145,9 @@ def run_reference(shared=None, out="validation_out", tolerances: Optional[Tolera
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    from sparsetpc.io import atomic_write
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2, default=_json_default))
 
 
 def _json_default(value):

@@ -14,6 +14,7 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 
 from .chamfer import chamfer_loss
+from .chi2 import noise_sigma_adc, readout_chi2, readout_keys
 from .sdtw import sdtw_loss, soft_dtw, soft_dtw_divergence
 from .sinkhorn import sinkhorn_loss
 from .space_match import space_match_loss
@@ -25,13 +26,13 @@ CLOUD_LOSSES = {
     "sinkhorn": sinkhorn_loss,
     "sdtw": sdtw_loss,
 }
-LOSS_NAMES = tuple(CLOUD_LOSSES) + ("mse",)
+LOSS_NAMES = tuple(CLOUD_LOSSES) + ("mse", "chi2")
 COLUMNS = ("x", "y", "t", "adc")
 #: default per-axis scales: one pixel pitch in x, y; the drift time over one pitch in t [µs]; ADC: None =
 #: mean |ADC| of the target hits of the event (the reference model's choice).
 DEFAULT_SCALES = {"x": 0.4434, "y": 0.4434, "t": 2.8, "adc": None}
 
-__all__ = ["HitsLoss", "LOSS_NAMES", "chamfer_loss", "sdtw_loss", "soft_dtw", "soft_dtw_divergence",
+__all__ = ["HitsLoss", "LOSS_NAMES", "readout_chi2", "readout_keys", "noise_sigma_adc", "chamfer_loss", "sdtw_loss", "soft_dtw", "soft_dtw_divergence",
            "sinkhorn_loss", "space_match_loss", "waveform_mse", "waveform_keys", "hit_cloud"]
 
 
@@ -49,6 +50,12 @@ class HitsLoss:
     ``options``: keyword arguments of the pure function (``temperature``, ``eps``, ``n_iter``, ``gamma``...).
     ``n_units``: divide the summed per-event losses by this (the number of tracks in the batch), so that events
     with no hits on either side still count and sharded batches average exactly like unsharded ones.
+
+    ``chi2`` (see ``losses/chi2.py``): Σ over matched readouts of ((ADC_g − ADC_t)/σ_ADC)², divided by
+    ``n_units`` like the others; ``self.chi2`` is True so that the fitter sums over units for the Hessian (the
+    total χ², for which cov = 2H⁻¹ with up = 1).  Options: ``sigma`` (default: the noise model, ≈1.04 ADC),
+    ``unmatched`` (``ignore`` | ``threshold``), ``max_dt`` (µs, default 1.0).  ``last_counts`` holds the matched
+    and unmatched readout counts of the last call.
     """
 
     def __init__(self, name: str = "space_match", scales: Optional[Mapping[str, float]] = None,
@@ -63,6 +70,8 @@ class HitsLoss:
             self.scales[key] = None if value is None else float(value)
         self.empty_penalty = float(empty_penalty)
         self.options = options
+        self.chi2 = name == "chi2"
+        self.last_counts = None
 
     def describe(self) -> dict:
         return {"name": self.name, "scales": self.scales, "empty_penalty": self.empty_penalty, "options": self.options}
@@ -81,6 +90,8 @@ class HitsLoss:
     def __call__(self, guess, target, n_units: Optional[int] = None) -> torch.Tensor:
         if self.name == "mse":
             return self._mse(guess, target, n_units)
+        if self.name == "chi2":
+            return self._chi2(guess, target, n_units)
         events = torch.unique(torch.cat([guess.event.reshape(-1), target.event.reshape(-1)]).cpu())
         fn = CLOUD_LOSSES[self.name]
         total = guess.adc.sum() * 0.0          # keeps the graph even if every event is empty
@@ -93,6 +104,21 @@ class HitsLoss:
             total = total + fn(g, t, self._scale_vector(t), **self.options)
         denom = n_units if n_units is not None else max(len(events), 1)
         return total / denom
+
+    def _chi2(self, guess, target, n_units):
+        for side, hits in (("guess", guess), ("target", target)):
+            if getattr(hits, "readout", None) is None or getattr(hits, "plane", None) is None:
+                raise ValueError(f"the 'chi2' loss needs readout keys (event, plane, ix, iy, readout) on the {side}")
+        opts = dict(self.options)
+        sigma = opts.pop("sigma", None)
+        sigma = noise_sigma_adc() if sigma is None else float(sigma)
+        max_dt = opts.pop("max_dt", 1.0)
+        chi2, counts = readout_chi2(readout_keys(guess), guess.adc, readout_keys(target), target.adc, sigma,
+                                    t_out=guess.t, t_target=target.t, max_dt=max_dt, **opts)
+        self.last_counts = counts
+        events = torch.unique(torch.cat([guess.event.reshape(-1), target.event.reshape(-1)]).cpu())
+        denom = n_units if n_units is not None else max(len(events), 1)
+        return chi2 / denom
 
     def _mse(self, guess, target, n_units):
         if getattr(guess, "waveforms", None) is None or getattr(target, "waveforms", None) is None:

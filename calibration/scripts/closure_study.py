@@ -30,6 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--example-tracks", type=int, default=3, help="tracks per generated event")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--params", nargs="+", default=list(SIX))
+    p.add_argument("--param-file", default=None,
+                   help="YAML parameter file (name: lr or name: {lr, norm, bounds}) instead of --params/--lr")
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--ntracks", type=int, default=6)
     p.add_argument("--track-seed", type=int, default=None)
@@ -52,9 +54,17 @@ def main(argv=None) -> int:
         path = str(write_example(os.path.join(args.out, "example_tracks.h5"), n_events=args.example_events, tracks_per_event=args.example_tracks,
                                  seed=args.example_seed, step=1.0))
     param_file = os.path.join(args.out, "param_list.yaml")
-    with open(param_file, "w") as handle:
-        for name in args.params:
-            handle.write(f"{name}: {args.lr}\n")
+    if args.param_file:
+        import shutil
+        import yaml
+        with open(args.param_file) as handle:
+            args.params = list(yaml.safe_load(handle))
+        if os.path.abspath(args.param_file) != os.path.abspath(param_file):
+            shutil.copyfile(args.param_file, param_file)
+    else:
+        with open(param_file, "w") as handle:
+            for name in args.params:
+                handle.write(f"{name}: {args.lr}\n")
     summary = {"input": os.path.abspath(path), "params": args.params, "iterations": args.iterations,
                "loss": args.loss, "ntracks": args.ntracks, "link_vdrift_efield": not args.no_link, "fits": []}
     t_all = time.perf_counter()
@@ -88,7 +98,11 @@ def main(argv=None) -> int:
                           "pull": None if not sigma else (e["fitted"] - e["target"]) / sigma}
         summary["fits"].append({"seed": seed, "params": rows, "final_loss": res["final_loss"],
                                 "iterations": res["iterations"], "wall_time_s": res["wall_time_s"],
-                                "correlation": res["correlation"]})
+                                "polish": None if not res.get("polish") else
+                                {k: res["polish"][k] for k in ("steps", "evaluations", "wall_time_s")},
+                                "max_abs_rel_residual": max(abs(r["rel_residual"]) for r in rows.values()),
+                                "correlation": res["correlation"], "warnings": res.get("warnings", []),
+                                "hessian_condition": res.get("hessian_condition")})
         write_json(os.path.join(args.out, "closure_study.json"), summary)
     summary["total_wall_time_s"] = time.perf_counter() - t_all
     write_json(os.path.join(args.out, "closure_study.json"), summary)

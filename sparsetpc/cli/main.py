@@ -84,12 +84,20 @@ def _simulate(args) -> int:
         summary = write_packets(out, merged, detector.layout)
         print(f"wrote {summary.n_data_packets} data packets ({summary.n_disabled} on disabled edge channels skipped) to {out}")
     else:
-        write_hits(out, merged, segments.rows, metadata={"mode": args.mode, "dtype": args.dtype, "device": args.device,
+        pedestal = front_end_pedestal(args.mode)
+        write_hits(out, merged, segments.rows, adc_pedestal=pedestal, mode=args.mode, metadata={"mode": args.mode, "dtype": args.dtype, "device": args.device,
                                                           "params": params.as_dict(), "input": str(args.input),
                                                           "cuts": "none" if args.no_cuts else vars(cuts)})
         print(f"wrote {len(merged)} hits from {len(segments)} segments in {len(events)} event(s) to {out} "
               f"({elapsed:.2f} s simulation)")
     return 0
+
+
+def front_end_pedestal(mode: str) -> float:
+    """ADC of zero charge: 74.3656 in relaxed mode (float, +0.5), 74 in hard mode (rounded)."""
+    import torch
+    from sparsetpc.electronics import FrontEnd, digitize
+    return float(digitize(torch.zeros((), dtype=torch.float64), FrontEnd(), hard=(mode == "hard")))
 
 
 def _concat(hits_list):
