@@ -58,6 +58,7 @@ class FitConfig:
     polish_lbfgs: int = 0                       # L-BFGS steps on the full objective (all batches) after the loop
     polish_kwargs: Dict[str, Any] = field(default_factory=dict)   # torch.optim.LBFGS kwargs for the polish
     max_wall_s: Optional[float] = None          # leave the main loop once this much wall time is spent
+    polish_max_wall_s: Optional[float] = None   # no new polish step once the polish has run this long
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -343,6 +344,8 @@ class Fitter:
             losses.append(float(loss))
             if not all(math.isfinite(g) for g in grads):
                 break
+            if cfg.polish_max_wall_s is not None and time.perf_counter() - t0 > cfg.polish_max_wall_s:
+                break
         with torch.no_grad():
             for i, leaf in enumerate(leaves):
                 leaf.copy_(theta[i].detach())
@@ -383,6 +386,8 @@ class Fitter:
             "hessian_internal": None if unc is None else nan_to_none(hess),
             "hessian_posdef": None if unc is None else unc["hessian_posdef"],
             "hessian_condition": None if unc is None else nan_to_none(unc["condition"]),
+            "hessian_eigenvalues": None if unc is None else nan_to_none(unc["hessian_eigenvalues"]),
+            "hessian_flattest_direction": None if unc is None else nan_to_none(unc["flattest_direction"]),
             "warnings": warn,
             "loss_is_chi2": self.loss_is_chi2,
             "uncertainty_convention": f"cov = 2*up*H^-1 with up = {cfg.errordef_up} (loss rises by up at 1 sigma); "
@@ -390,6 +395,7 @@ class Fitter:
                                       + ("loss = total chi2 (sum over units)" if self.loss_is_chi2 else
                                          "loss = mean over units (not a chi2: sigmas are a sensitivity measure)"),
             "polish": polish,
+            "loss_counts": getattr(self.loss_fn, "last_counts", None),   # of the last batch of the final evaluation
             "stopped_by_wall_time": bool(getattr(self, "stopped_by_wall", False)),
             "wall_time_s": float(wall),
             "world_size": self.dist.world,

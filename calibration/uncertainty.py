@@ -48,7 +48,7 @@ def covariance_from_hessian(hess: np.ndarray, up: float = 1.0) -> Dict[str, obje
     """cov = 2·up·H⁻¹ (pseudo-inverse if H is singular).  Returns cov, sigma (NaN where cov_kk ≤ 0),
     correlation, the eigenvalues of H and whether H is positive definite."""
     hess = np.asarray(hess, dtype=np.float64)
-    eig = np.linalg.eigvalsh(hess) if hess.size else np.zeros(0)
+    eig, vec = np.linalg.eigh(hess) if hess.size else (np.zeros(0), np.zeros((0, 0)))
     posdef = bool(eig.size and np.all(eig > 0))
     try:
         inv = np.linalg.inv(hess) if posdef else np.linalg.pinv(hess)
@@ -64,7 +64,8 @@ def covariance_from_hessian(hess: np.ndarray, up: float = 1.0) -> Dict[str, obje
     absmin = float(np.min(np.abs(eig))) if eig.size else 0.0
     condition = absmax / absmin if absmin > 0 else math.inf
     return {"covariance": cov, "sigma": sigma, "correlation": corr, "hessian_eigenvalues": eig,
-            "hessian_posdef": posdef, "condition": condition}
+            "hessian_posdef": posdef, "condition": condition,
+            "flattest_direction": vec[:, int(np.argmin(np.abs(eig)))] if eig.size else np.zeros(0)}
 
 
 #: |correlation| above which two fitted parameters are reported as (nearly) degenerate
@@ -86,7 +87,10 @@ def degeneracy_warnings(names: Sequence[str], unc: Dict[str, object],
                            f"only a combination of the two is constrained")
     cond = float(unc.get("condition", math.nan))
     if not math.isfinite(cond) or cond > max_condition:
-        out.append(f"ill-conditioned Hessian: condition number {cond:.3g} > {max_condition:.0e}")
+        flat = np.asarray(unc.get("flattest_direction", []), dtype=np.float64)
+        terms = " ".join(f"{v:+.3f}*{n}" for v, n in zip(flat, names) if abs(v) > 0.05)
+        out.append(f"ill-conditioned Hessian: condition number {cond:.3g} > {max_condition:.0e}; "
+                   f"flattest direction (internal units): {terms}")
     if not unc.get("hessian_posdef", True):
         out.append("Hessian not positive definite: not at a minimum (or flat direction); sigmas unreliable")
     return out

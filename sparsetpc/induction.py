@@ -97,12 +97,65 @@ def smeared_truncated_exponential(t: torch.Tensor, mu: torch.Tensor, sigma: torc
     return torch.where(positive, gauss_branch, exp_branch) / (2.0 * scale)
 
 
+def _normal_interval(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Φ(b) − Φ(a) for a ≤ b, without cancellation when both are in the same tail."""
+    ra, rb = a / _SQRT2, b / _SQRT2
+    right = 0.5 * (torch.erfc(torch.clamp(ra, min=0.0)) - torch.erfc(torch.clamp(rb, min=0.0)))
+    left = 0.5 * (torch.erfc(torch.clamp(-rb, min=0.0)) - torch.erfc(torch.clamp(-ra, min=0.0)))
+    middle = 0.5 * (torch.erf(rb) - torch.erf(ra))
+    return torch.where(a > 0, right, torch.where(b < 0, left, middle))
+
+
+def pad_cloud(position: torch.Tensor, center: torch.Tensor, half_pitch: float, sigma: torch.Tensor):
+    """The part of an isotropic 2-D Gaussian (σ) centred at ``position`` [S, 2] that falls on the pads [S, 2].
+
+    Returns the fraction on the pad [S] and, per axis, the first two moments of the landing point's distance
+    from the pad centre over that part, E|x − x_c| and E(x − x_c)² [S, 2] (a normal truncated to the pad and
+    folded at its centre, where the response has its cusp).
+    """
+    s = sigma[:, None]
+    m = position - center
+    a = (-half_pitch - m) / s
+    zero = -m / s
+    b = (half_pitch - m) / s
+    inv_root = 1.0 / math.sqrt(2 * math.pi)
+    phi_a, phi_0, phi_b = (torch.exp(-0.5 * v * v) * inv_root for v in (a, zero, b))
+    left = _normal_interval(a, zero)       # P(−h < x < 0)
+    right = _normal_interval(zero, b)      # P(0 < x < h)
+    per_axis = left + right
+    # partial moments ∫ x dP and ∫ x² dP over each side, for x = m + s·z
+    first_left = m * left + s * (phi_a - phi_0)
+    first_right = m * right + s * (phi_0 - phi_b)
+    second = (m * m + s * s) * per_axis + 2 * m * s * (phi_a - phi_b) + s * s * (a * phi_a - b * phi_b)
+    floor = 1e-300 if position.dtype == torch.float64 else 1e-37
+    safe = torch.clamp(per_axis, min=floor)
+    mean_abs = (first_right - first_left) / safe
+    mean_square = second / safe
+    tiny = per_axis < 1e-12
+    fallback = torch.clamp(m.abs(), max=half_pitch)
+    mean_abs = torch.where(tiny, fallback, torch.clamp(mean_abs, 0.0, half_pitch))
+    mean_square = torch.where(tiny, fallback ** 2, torch.maximum(mean_square, mean_abs ** 2))
+    return per_axis[:, 0] * per_axis[:, 1], mean_abs, mean_square
+
+
 def pad_fraction(position: torch.Tensor, center: torch.Tensor, half_pitch: float, sigma: torch.Tensor) -> torch.Tensor:
     """Fraction of an isotropic 2-D Gaussian (σ) centred at ``position`` [S, 2] falling on the pads [S, 2]."""
-    lo = (center - half_pitch - position) / (sigma[:, None] * _SQRT2)
-    hi = (center + half_pitch - position) / (sigma[:, None] * _SQRT2)
-    per_axis = 0.5 * (torch.erf(hi) - torch.erf(lo))
-    return per_axis[:, 0] * per_axis[:, 1]
+    return pad_cloud(position, center, half_pitch, sigma)[0]
+
+
+def cloud_delay(mean_abs: torch.Tensor, mean_square: torch.Tensor):
+    """Mean and (linearised) variance of the response delay Δt₀ over the landing points on the pad.
+
+    Δt₀ is quadratic in the offsets, so its mean is exact from the first two moments; its variance uses the
+    slope at the mean offsets.
+    """
+    c0, c1, c2, c3, c4, c5 = RESPONSE_COEFFICIENTS["delay"]
+    ex, ey = mean_abs[:, 0], mean_abs[:, 1]
+    mean = c0 + c1 * ex + c2 * ey + c3 * ex * ey + c4 * mean_square[:, 0] + c5 * mean_square[:, 1]
+    variance = torch.clamp(mean_square - mean_abs ** 2, min=0.0)
+    slope_x = c1 + c3 * ey + 2 * c4 * ex
+    slope_y = c2 + c3 * ex + 2 * c5 * ey
+    return mean, slope_x ** 2 * variance[:, 0] + slope_y ** 2 * variance[:, 1]
 
 
 # ---------------------------------------------------------------------------------------------- data carriers
@@ -185,9 +238,13 @@ def _sample_state(u, weight, pair_rows, pairs: Pairs, segments: SegmentState, pa
     sigma_time = torch.clamp(sigma_l / velocity, min=_SIGMA_TIME_FLOOR)
     center = pairs.center[pair_rows]
     half = detector.pixel_pitch / 2
-    on_pad = pad_fraction(position[:, :2], center, half, sigma_t)
-    offset = torch.clamp(torch.abs(position[:, :2] - center), max=half)
-    amplitude, fast, slow, delay = response_shape(offset[:, 0], offset[:, 1])
+    # The pad response depends on where each electron lands.  The diffused cloud's part on the pad enters
+    # through the moments of its distance from the pad centre: the delay's mean (exact, Δt₀ is quadratic) and
+    # spread (which widens the arrival-time smearing); the shape (A, b, c) is taken at the mean distance.
+    on_pad, mean_abs, mean_square = pad_cloud(position[:, :2], center, half, sigma_t)
+    amplitude, fast, slow, _ = response_shape(mean_abs[:, 0], mean_abs[:, 1])
+    delay, delay_variance = cloud_delay(mean_abs, mean_square)
+    sigma_time = torch.sqrt(sigma_time ** 2 + delay_variance)
     charge = segments.n_electrons[seg] * weight * drift_stage.attenuation(t_drift, params) * on_pad
     return charge, arrival + delay, sigma_time, amplitude, fast, slow
 

@@ -6,8 +6,8 @@ import torch
 
 import sparsetpc as st
 from sparsetpc import drift as drift_stage
-from sparsetpc.induction import (InductionOptions, Induction, SegmentState, induce, pad_fraction, response_shape,
-                                 smeared_truncated_exponential)
+from sparsetpc.induction import (InductionOptions, Induction, SegmentState, cloud_delay, induce, pad_cloud, pad_fraction,
+                                 response_shape, smeared_truncated_exponential)
 from sparsetpc.pipeline import _pixel_table
 from sparsetpc.pixels import associate
 from sparsetpc.quenching import quench
@@ -67,6 +67,33 @@ class TestResponse:
         assert float(frac[2]) == pytest.approx(0.25, rel=1e-6)
         assert float(frac[3]) == 0.0
 
+    @pytest.mark.parametrize("offset", [0.0, 0.05, 0.2, 0.2217, 0.26])
+    def test_pad_cloud_moments_match_numerical_integration(self, offset):
+        sigma, half = 0.04, 0.2217
+        x = torch.linspace(-half, half, 200001, dtype=torch.float64)
+        density = torch.exp(-0.5 * ((x - offset) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
+        mass = torch.trapezoid(density, x)
+        mean_abs = torch.trapezoid(density * x.abs(), x) / mass
+        mean_square = torch.trapezoid(density * x * x, x) / mass
+        pos = torch.tensor([[offset, 0.0]], dtype=torch.float64)
+        frac, m1, m2 = pad_cloud(pos, torch.zeros(1, 2, dtype=torch.float64), half, torch.tensor([sigma], dtype=torch.float64))
+        assert float(m1[0, 0]) == pytest.approx(float(mean_abs), rel=1e-6, abs=1e-9)
+        assert float(m2[0, 0]) == pytest.approx(float(mean_square), rel=1e-6, abs=1e-12)
+        assert float(frac[0]) == pytest.approx(float(mass) * float(pad_fraction(torch.zeros(1, 2).double(), torch.zeros(1, 2).double(), half, torch.tensor([sigma]).double())) ** 0.5, rel=1e-6)
+
+    def test_cloud_delay_mean_is_exact_for_the_quadratic(self):
+        # E[Δt0] over a distribution of |offsets| equals the quadratic evaluated with the moments
+        rng = torch.Generator().manual_seed(0)
+        xs = (torch.rand(200000, generator=rng, dtype=torch.float64) * 0.1 + 0.05)
+        ys = (torch.rand(200000, generator=rng, dtype=torch.float64) * 0.05)
+        _, _, _, delay = response_shape(xs, ys)
+        m1 = torch.stack([xs.mean(), ys.mean()])[None]
+        m2 = torch.stack([(xs ** 2).mean(), (ys ** 2).mean()])[None]
+        mean, variance = cloud_delay(m1, m2)
+        # x and y are independent here, so E[xy] = E[x]E[y]
+        assert float(mean[0]) == pytest.approx(float(delay.mean()), rel=1e-3)
+        assert float(variance[0]) == pytest.approx(float(delay.var()), rel=0.1)
+
     def test_gradcheck_pure_functions(self):
         t = torch.linspace(-3, 1, 9, dtype=torch.float64)
         args = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (0.2, 0.1, 0.6)]
@@ -74,6 +101,10 @@ class TestResponse:
         pos = torch.tensor([[0.1, 0.05], [0.2, -0.2]], dtype=torch.float64, requires_grad=True)
         sig = torch.tensor([0.05, 0.08], dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda p, s: pad_fraction(p, torch.zeros(2, 2, dtype=torch.float64), 0.2217, s), (pos, sig))
+        assert torch.autograd.gradcheck(lambda p, s: pad_cloud(p, torch.zeros(2, 2, dtype=torch.float64), 0.2217, s), (pos, sig))
+        m1 = torch.tensor([[0.1, 0.05]], dtype=torch.float64, requires_grad=True)
+        m2 = torch.tensor([[0.012, 0.0031]], dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(cloud_delay, (m1, m2))
 
 
 ORIENTATIONS = {

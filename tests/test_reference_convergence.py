@@ -71,14 +71,15 @@ def test_box_residual_to_sparsetpc_shrinks_with_refinement(rc, test_segment, our
 
 
 def test_continuum_with_sparsetpc_physics_reproduces_sparsetpc(rc, test_segment, ours):
-    """The direct continuum integrator, run with sparsetpc's approximations (response shape at the track point,
-    per-point drift), agrees with sparsetpc: it validates the integrator used for the decomposition."""
+    """The direct continuum integrator with the pad response evaluated for each landing point ("cloud") and
+    per-point drift agrees with sparsetpc, which folds the cloud in through its moments: this validates both the
+    integrator used for the decomposition and sparsetpc's moment treatment of the pad response."""
     case, seg = test_segment
-    wave = rc.continuum_waveforms(case, "centre", "point", seg=seg)
+    wave = rc.continuum_waveforms(case, "cloud", "point", seg=seg)
     cmp = rc.compare_charge(wave.sum(1).numpy(), ours["charge"])
     assert cmp["n_pixels"] == 5
     assert cmp["max_abs_dq_adc"] < 0.01
     adc, t, valid = rc.readout(wave, case["pedestal"])
     r = rc.compare_readouts(adc, t, valid, ours["adc"], ours["t"], ours["valid"])
     assert r["n_only_a"] == 0 and r["n_only_b"] == 0
-    assert r["max_abs_dadc"] < 0.01 and r["max_abs_dt_us"] < 0.002
+    assert r["max_abs_dadc"] < 0.01 and r["max_abs_dt_us"] < 0.01   # measured 0.0015 ADC, 0.0054 µs

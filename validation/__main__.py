@@ -57,7 +57,7 @@ def _cmd_run_reference(args) -> int:
     from .run_reference import run_reference
     tol = Tolerances(adc=args.tolerance_adc, time=args.tolerance_time, unmatched=args.tolerance_unmatched)
     results = run_reference(args.shared, args.out, tol, memory_budget=args.memory_budget,
-                            plots=not args.no_plots, cases=args.case)
+                            plots=not args.no_plots, cases=args.case, reference_time_axis=args.reference_time_axis)
     bad = [r["case"] for r in results if not r["within_tolerance"]]
     print(f"{len(results) - len(bad)} of {len(results)} cases within tolerance" + (f"; beyond: {bad}" if bad else ""))
     return 1 if bad else 0
@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--case", action="append", help="run only this case (repeatable), e.g. mixed_trk0_fwd")
     r.add_argument("--memory-budget", default="2GB")
     r.add_argument("--no-plots", action="store_true")
+    r.add_argument("--reference-time-axis", action="store_true",
+                   help="for *_fwd cases, evaluate the current on the differentiable reference's per-segment time axis")
     _add_tolerances(r)
     r.set_defaults(func=_cmd_run_reference)
     t = sub.add_parser("to-packets", help="write any hit file as a larnd-sim packets HDF5")
