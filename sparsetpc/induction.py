@@ -10,7 +10,9 @@ as in larnd-sim.
 Quadrature (where the dense reference spends its memory, we integrate what matters):
 * along the segment, midpoint samples restricted to the part whose projection is within the pad ± 5σ_T
   (:mod:`sparsetpc.pixels`), spaced by at most one diffusion width (σ_T across, σ_L along the drift axis);
-* across the segment, the Gaussian's fraction over the pad is exact: F = ΔΦ_x·ΔΦ_y;
+* across the segment, the Gaussian's fraction over the pad is exact: F = ΔΦ_x·ΔΦ_y, and the response seen by
+  that part of the cloud enters through the moments of its landing points' distance from the pad centre
+  (exact mean delay, delay spread added to the time smearing, shape at the mean distance);
 * along the drift axis the longitudinal smearing of the arrival time is exact: the Gaussian-smeared truncated
   exponential is the exponentially-modified Gaussian (:func:`smeared_truncated_exponential`);
 * each sample is evaluated only on its own tick window, from where its response tail falls below
