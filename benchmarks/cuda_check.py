@@ -25,7 +25,7 @@ def run(rows, device, dtype=torch.float64, backward=True):
     params = st.Params.nominal(dtype=dtype, device=device)
     if backward:
         params.requires_grad_(NAMES)
-    segments = st.Segments.from_numpy(rows, dtype=dtype, device=device)
+    segments = st.Segments.from_numpy(rows, dtype=dtype, device=device, swap=False)
     hits = st.simulate(segments, st.Detector.default(), params, memory_budget="8GB")
     grads = None
     if backward:

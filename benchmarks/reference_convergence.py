@@ -535,7 +535,7 @@ def sparsetpc_run(case: dict):
     for j, name in enumerate(case["fields"]):
         rows[name] = case["rows"][:, j]
     t_start = time.perf_counter()
-    hits = st.simulate(st.Segments.from_numpy(rows), st.Detector.default(), st.Params.nominal(),
+    hits = st.simulate(st.Segments.from_numpy(rows, swap=False), st.Detector.default(), st.Params.nominal(),
                        options=st.InductionOptions(reference_time_axis=True), return_waveforms=True)
     elapsed = time.perf_counter() - t_start
     index = {(int(a), int(b)): i for i, (a, b) in enumerate(case["pixel_ids"])}

@@ -64,7 +64,7 @@ def run_one(config: dict) -> dict:
     device = config.get("device", "cpu")
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = _segment_rows(config["dz"], config["cot"]) if config["kind"] == "segment" else _track_rows(config["case"])
-    segments = st.Segments.from_numpy(rows, dtype=dtype, device=device)
+    segments = st.Segments.from_numpy(rows, dtype=dtype, device=device, swap=False)
     detector = st.Detector.default()
     names = ("Ab", "kb", "eField", "vdrift", "lifetime", "long_diff", "tran_diff", "MeVToElectrons")
     backward = config["mode"] == "fwd+bwd"

@@ -162,13 +162,13 @@ class Segments:
         return self.dE.device
 
     @classmethod
-    def from_numpy(cls, rows: np.ndarray, dtype=torch.float64, device="cpu", swap: bool = False,
+    def from_numpy(cls, rows: np.ndarray, dtype=torch.float64, device="cpu", swap: bool = True,
                    source: str = "segments") -> "Segments":
-        """Segments from an edep-sim structured array.
+        """Segments from an edep-sim ``segments`` structured array.
 
-        ``swap=True`` exchanges x and z first (use it for raw edep-sim rows; :func:`load_segments` does).
-        Rows given to ``from_numpy`` directly are taken as already in sparsetpc's frame (z = drift) unless
-        ``swap`` is set.
+        edep-sim's x is the drift axis, so x and z are exchanged first, as :func:`load_segments` does.  Pass
+        ``swap=False`` for rows already in sparsetpc's frame (z = drift), e.g. the ``input_segments`` stored in
+        the reference files or the ``segments`` dataset that ``sparsetpc simulate`` writes.
         """
         check_rows(rows, source)
         if swap:

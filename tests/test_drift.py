@@ -74,7 +74,7 @@ class TestDrift:
     def test_reference_test_segment(self):
         # physics.md §6.1 measured internals of the reference model
         rows = reference_rows(SHARED / "reference" / "test_segment_fwd.npz")
-        segs = st.Segments.from_numpy(rows)
+        segs = st.Segments.from_numpy(rows, swap=False)
         p = st.Params.nominal()
         out = drift_segments(segs.start, segs.end, quench(segs.dEdx, segs.dE, p), p, DET)
         assert float(out.n_electrons[0]) == pytest.approx(161029.94, rel=1e-5)

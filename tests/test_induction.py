@@ -17,7 +17,7 @@ DET = st.Detector.default()
 
 
 def run_induction(rows, params, max_elements=2_000_000, backend="torch", options=None):
-    segs = st.Segments.from_numpy(rows, dtype=params.dtype, device=params.device)
+    segs = st.Segments.from_numpy(rows, dtype=params.dtype, device=params.device, swap=False)
     electrons = quench(segs.dEdx, segs.dE, params)
     drifted = drift_stage.drift_segments(segs.start, segs.end, electrons, params, DET)
     far = torch.maximum(drift_stage.drift_distance(segs.start[:, 2], drifted.z_anode),

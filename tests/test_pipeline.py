@@ -71,13 +71,13 @@ class TestSimulate:
     def test_outside_segments_warned_and_counted(self):
         rows = make_rows([(1.0, -20.0, -20.0), (1.0, -20.0, 45.0)], [(3.0, -19.0, -21.0), (2.0, -20.0, 46.0)])
         with pytest.warns(UserWarning, match="1 of 2 segment"):
-            hits = st.simulate(st.Segments.from_numpy(rows), DET, st.Params.nominal())
+            hits = st.simulate(st.Segments.from_numpy(rows, swap=False), DET, st.Params.nominal())
         assert hits.n_skipped_segments == 1 and len(hits) > 0
 
     def test_all_outside_is_an_error(self):
         rows = make_rows([(1.0, -20.0, 45.0)], [(2.0, -20.0, 46.0)])
         with pytest.raises(st.InputFormatError, match="none of the 1 segments"):
-            st.simulate(st.Segments.from_numpy(rows), DET, st.Params.nominal())
+            st.simulate(st.Segments.from_numpy(rows, swap=False), DET, st.Params.nominal())
 
     def test_bad_budget_and_mode(self, example_segments):
         with pytest.raises(st.MemoryBudgetError):
@@ -93,7 +93,7 @@ class TestSimulate:
         params = st.Params.nominal().requires_grad_(FIT_PARAMETERS)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            hits = st.simulate(st.Segments.from_numpy(rows), DET, params)
+            hits = st.simulate(st.Segments.from_numpy(rows, swap=False), DET, params)
         grads = torch.autograd.grad(loss_of(hits), [getattr(params, n) for n in FIT_PARAMETERS])
         assert all(bool(torch.isfinite(g)) for g in grads)
         assert any(float(g) != 0 for g in grads)
@@ -134,7 +134,7 @@ class TestPipelineGradient:
     def test_finite_differences_mixed_sample_track(self):
         # mixed-sample track 4 (μ⁻, 4 segments), the reference's own case
         rows = reference_rows(SHARED / "reference" / "mixed_trk4_fwd.npz")
-        finite_difference_check(st.Segments.from_numpy(rows), FIT_PARAMETERS)
+        finite_difference_check(st.Segments.from_numpy(rows, swap=False), FIT_PARAMETERS)
 
 
 class TestCLI:

@@ -54,6 +54,6 @@ class TestQuenching:
     def test_reference_test_segment(self):
         # physics.md §6.1: n_e(quench) = 161555.70 for the reference's test segment
         rows = reference_rows(SHARED / "reference" / "test_segment_fwd.npz")
-        segs = st.Segments.from_numpy(rows)
+        segs = st.Segments.from_numpy(rows, swap=False)
         n = quench(segs.dEdx, segs.dE, st.Params.nominal())
         assert float(n[0]) == pytest.approx(161555.70, rel=1e-5)

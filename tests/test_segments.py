@@ -11,8 +11,10 @@ from helpers import SHARED, needs_shared
 
 class TestSegments:
     def test_from_numpy_swap(self):
-        rows = generate(1, 1, seed=3)
-        segs = st.Segments.from_numpy(rows, swap=True)
+        rows = generate(1, 1, seed=3)              # edep-sim frame: x is the drift axis
+        segs = st.Segments.from_numpy(rows)        # swapped by default, as load_segments does
+        same = st.Segments.from_numpy(swap_xz(rows), swap=False)
+        assert torch.equal(segs.start, same.start) and torch.equal(segs.end, same.end)
         assert torch.allclose(segs.start[:, 2], torch.as_tensor(rows["x_start"], dtype=torch.float64))
         assert torch.allclose(segs.start[:, 0], torch.as_tensor(rows["z_start"], dtype=torch.float64))
         assert len(segs) == len(rows)

@@ -93,7 +93,7 @@ def run_case(case: Case, out_dir: Path, tolerances: Tolerances, memory_budget: s
     rows = segment_rows(case.path)
     det = st.Detector.default()
     params = st.Params.nominal(dtype=torch.float64)
-    segs = st.Segments.from_numpy(rows, dtype=torch.float64)
+    segs = st.Segments.from_numpy(rows, dtype=torch.float64, swap=False)
     start = time.perf_counter()
     options = st.InductionOptions(reference_time_axis=reference_time_axis and case.mode == "relaxed")
     hits = st.simulate(segs, det, params, mode=case.mode, memory_budget=memory_budget, options=options)
