@@ -444,7 +444,7 @@ def continuum_waveforms(case: dict, shape: str = "cloud", drift: str = "midpoint
 
     ``shape``: ``cloud`` evaluates the pad response (A, b, c, Δt₀) at each transverse node (the reference:
     every bit of charge responds according to where it lands); ``centre`` at the clamped offset of the track
-    point (sparsetpc's approximation).  ``drift``: ``midpoint`` uses the segment midpoint's attenuation and σ
+    point (sparsetpc's approximation before it took the cloud in through its moments, see docs/parity.md).  ``drift``: ``midpoint`` uses the segment midpoint's attenuation and σ
     (the reference); ``point`` each point's own (sparsetpc)."""
     seg = seg or quench_drift(case["rows"], case["fields"])
     pairs, _ = reference_pairs(seg, case["pixel_ids"], True)
