@@ -300,7 +300,8 @@ class Fitter:
     def _polish(self, leaves: List[torch.Tensor], history: History, it: int) -> Dict[str, Any]:
         """L-BFGS (strong-Wolfe line search) on the full deterministic objective (every batch), after the loop.
 
-        Evaluations are at the point clamped into the bounds (the line search may probe outside them).
+        Evaluations are at the point clamped into the bounds (the line search may probe outside them; the
+        objective is continued outside by a steep quadratic, see ``closure``).
         Not checkpointed: a resumed fit that had finished its loop redoes the polish from the final checkpoint
         (deterministic, so the result is the same).  Each polish step is recorded in the history with batch −1;
         its gradients are those of the full objective.  Bounds are applied after each step.
@@ -320,15 +321,17 @@ class Fitter:
                           dtype=theta.dtype, device=theta.device)
 
         def closure():
-            # the line search may probe outside the bounds (even unphysical values): evaluate f(clamp(θ)),
-            # whose gradient is zero along clamped coordinates
+            # the line search may probe outside the bounds (even unphysical values).  There the objective is
+            # continued from the clamped point c: f(c) + g(c)·(θ − c) + ½κ|θ − c|² (C¹, steep, pulls back inside);
+            # κ = 10⁴·(|f(c)| + 10⁻³⁰⁰) per internal unit²
             opt.zero_grad()
             point = torch.minimum(torch.maximum(theta.detach(), lo), hi)
             loss, grad = self.evaluate(point)
-            inside = (theta.detach() >= lo) & (theta.detach() <= hi)
-            theta.grad = torch.where(inside, grad.detach(), torch.zeros_like(grad))
+            out = theta.detach() - point
+            kappa = 1e4 * (abs(float(loss)) + 1e-300)
+            theta.grad = grad.detach() + kappa * out
             n_eval[0] += 1
-            return loss.detach()
+            return loss.detach() + (grad.detach() * out).sum() + 0.5 * kappa * out.pow(2).sum()
         losses = []
         for k in range(cfg.polish_lbfgs):
             values = ps.physical_values([theta[i] for i in range(theta.numel())])

@@ -71,7 +71,7 @@ def covariance_from_hessian(hess: np.ndarray, up: float = 1.0) -> Dict[str, obje
 #: |correlation| above which two fitted parameters are reported as (nearly) degenerate
 DEGENERATE_CORRELATION = 0.99
 #: Hessian condition number (internal units) above which the fit is reported as ill-conditioned
-ILL_CONDITIONED = 1e8
+ILL_CONDITIONED = 1e6
 
 
 def degeneracy_warnings(names: Sequence[str], unc: Dict[str, object],
@@ -86,13 +86,14 @@ def degeneracy_warnings(names: Sequence[str], unc: Dict[str, object],
                 out.append(f"degenerate: |corr({names[i]}, {names[j]})| = {abs(corr[i, j]):.4f} > {max_corr}; "
                            f"only a combination of the two is constrained")
     cond = float(unc.get("condition", math.nan))
+    flat = np.asarray(unc.get("flattest_direction", []), dtype=np.float64)
+    terms = " ".join(f"{v:+.3f}*{n}" for v, n in zip(flat, names) if abs(v) > 0.05)
     if not math.isfinite(cond) or cond > max_condition:
-        flat = np.asarray(unc.get("flattest_direction", []), dtype=np.float64)
-        terms = " ".join(f"{v:+.3f}*{n}" for v, n in zip(flat, names) if abs(v) > 0.05)
         out.append(f"ill-conditioned Hessian: condition number {cond:.3g} > {max_condition:.0e}; "
                    f"flattest direction (internal units): {terms}")
     if not unc.get("hessian_posdef", True):
-        out.append("Hessian not positive definite: not at a minimum (or flat direction); sigmas unreliable")
+        out.append("Hessian not positive definite: not at a minimum, or a flat (degenerate) direction; sigmas "
+                   f"unreliable; flattest direction (internal units): {terms}")
     return out
 
 

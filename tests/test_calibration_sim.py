@@ -57,7 +57,7 @@ def test_closure_two_parameters_converges(example, tmp_path):
     _, batch = example
     t0 = time.perf_counter()
     f = fitter(batch, tmp_path, iterations=40, scheduler="ExponentialLR", scheduler_kwargs={"gamma": 0.97},
-               scheduler_step="iteration", hessian=True, plots=True)
+               scheduler_step="iteration", hessian=True, hessian_step=1e-2, plots=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = f.run()
@@ -101,3 +101,27 @@ def test_cli_on_simulator(example, tmp_path):
     res = json.loads((tmp_path / "result.json").read_text())
     assert res["iterations"] == 2 and res["meta"]["input"]["group"] == "track" and res["meta"]["noise_target"]
     assert res["params"]["Ab"]["sigma"] is None or res["params"]["Ab"]["sigma"] > 0
+
+
+def test_chi2_loss_through_the_simulator(example):
+    """Readout χ² on real Hits: 0 at identity; d/dAb by autograd equals a central difference; a noisy target
+    gives χ²/readout of order 1 with the noise-model σ (the σ is what makes the χ² a χ²)."""
+    _, batch = example
+    forward = SimForward()
+    loss = HitsLoss("chi2")
+    base = st.Params.nominal(dtype=torch.float64)
+    target = forward(base.replace(Ab=0.83), batch.data)
+    assert float(loss(target, target, n_units=batch.n_units)) == 0.0
+
+    def chi2(ab):
+        return loss(forward(base.replace(Ab=ab), batch.data), target, n_units=batch.n_units) * batch.n_units
+
+    ab = torch.tensor(0.81, dtype=torch.float64, requires_grad=True)
+    value = chi2(ab)
+    (grad,) = torch.autograd.grad(value, ab)
+    h = 1e-6
+    fd = (float(chi2(torch.tensor(0.81 + h, dtype=torch.float64))) - float(chi2(torch.tensor(0.81 - h, dtype=torch.float64)))) / (2 * h)
+    assert float(grad) == pytest.approx(fd, rel=1e-4) and float(grad) < 0
+    noisy = forward(base.replace(Ab=0.83), batch.data, noise=True, seed=5)
+    per_readout = float(loss(target, noisy, n_units=1)) / loss.last_counts["matched"]
+    assert 0.3 < per_readout < 5.0, per_readout

@@ -7,7 +7,11 @@ Default: the six-parameter set of the reference (Ab, kb, eField with vdrift link
 long_diff; every lr 1e-2 as its param_list.yaml), Adam, gradient clipping 1, no noise, waveform MSE loss.  Without ``--input``,
 tracks come from ``sparsetpc.example.write_example`` (written into the output directory).  Each fit goes to
 ``OUT/seed<k>/`` (result.json, history, plots); the summary ``OUT/closure_study.json`` holds per seed and
-parameter: initial, target, fitted, relative residual, sigma, pull, and the wall time.
+parameter: initial, target, fitted, relative residual, sigma, pull, and the wall time (plus the polish summary,
+the largest |relative residual|, warnings and the Hessian condition number).  ``--param-file`` takes a YAML
+parameter file instead of ``--params``/``--lr`` (e.g. ``calibration/configs/closure6_inverse_lifetime.yaml``,
+lifetime fitted as 1/τ); ``--extra`` passes further ``calibration fit`` options (``--polish-lbfgs 10``,
+``--min-abs-segment-z none``, ``--max-wall 90``, ``--device cuda``...).
 """
 from __future__ import annotations
 

@@ -9,6 +9,9 @@ total χ²).  The summary (``OUT/pulls_study.json``) holds per parameter: the fi
 the pulls (fitted − target)/sigma with their mean and RMS, the spread (standard deviation) of the fitted values
 and the ratio mean(sigma)/spread; and per fit χ²/ndf with ndf = matched readouts − parameters.
 If the sigmas are right, the pulls are N(0, 1): mean ≈ 0 ± 1/√n, RMS ≈ 1 ± 1/√(2n), ratio ≈ 1.
+Only fits with a positive-definite Hessian (at a minimum) enter the pull statistics (``n_fits_posdef``).  The
+``scaled_*`` entries multiply the sigmas by √(mean χ²/ndf) (the PDG scale factor), for a noise model that
+underestimates the readout fluctuations.  ``--summarize-only`` recomputes the summary from existing fits.
 """
 from __future__ import annotations
 
@@ -36,6 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--polish", type=int, default=5)
     p.add_argument("--loss-opt", nargs="+", default=[], help="chi2 options, e.g. unmatched=threshold max_dt=1.0")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--summarize-only", action="store_true",
+                   help="recompute the summary from OUT/noise<k>/result.json without fitting")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="further `calibration fit` arguments")
     args = p.parse_args(argv)
 
@@ -56,7 +61,7 @@ def main(argv=None) -> int:
         if args.loss_opt:
             argv_fit += ["--loss-opt", *args.loss_opt]
         argv_fit += args.extra
-        rc = fit_main(argv_fit)
+        rc = 0 if args.summarize_only else fit_main(argv_fit)
         if rc != 0:
             summary["fits"].append({"seed": seed, "error": f"exit code {rc}"})
             continue
@@ -68,11 +73,18 @@ def main(argv=None) -> int:
             "seed": seed, "final_chi2": res["final_loss"], "ndf": ndf,
             "chi2_per_ndf": res["final_loss"] / ndf if ndf > 0 else None, "loss_counts": counts,
             "wall_time_s": res["wall_time_s"], "warnings": res.get("warnings", []),
+            "hessian_posdef": res.get("hessian_posdef"),
             "params": {k: {"target": e["target"], "fitted": e["fitted"], "sigma": e["sigma"]}
                        for k, e in res["params"].items()},
             "correlation": res["correlation"]})
         write_json(os.path.join(args.out, "pulls_study.json"), summary)
-    fits = [f for f in summary["fits"] if "params" in f]
+    # pulls only from fits that ended at a minimum (positive-definite Hessian); the others are counted
+    fits = [f for f in summary["fits"] if "params" in f and f.get("hessian_posdef")]
+    summary["n_fits"] = len([f for f in summary["fits"] if "params" in f])
+    summary["n_fits_posdef"] = len(fits)
+    chi_all = np.array([f["chi2_per_ndf"] for f in fits if f["chi2_per_ndf"] is not None])
+    scale = float(np.sqrt(chi_all.mean())) if chi_all.size else math.nan
+    summary["sigma_scale_sqrt_mean_chi2_ndf"] = scale
     stats = {}
     for name in args.params:
         target = fits[0]["params"][name]["target"] if fits else math.nan
@@ -84,6 +96,8 @@ def main(argv=None) -> int:
                        "spread": float(fitted.std(ddof=1)) if n > 1 else None,
                        "mean_sigma": float(np.nanmean(sigma)) if n else None,
                        "sigma_over_spread": float(np.nanmean(sigma) / fitted.std(ddof=1)) if n > 1 else None,
+                       "scaled_sigma_over_spread": float(scale * np.nanmean(sigma) / fitted.std(ddof=1)) if n > 1 else None,
+                       "scaled_pull_rms": float(np.sqrt(np.nanmean((pulls / scale) ** 2))) if n else None,
                        "bias_over_spread": float((fitted.mean() - target) / fitted.std(ddof=1)) if n > 1 else None,
                        "pull_mean": float(np.nanmean(pulls)) if n else None,
                        "pull_rms": float(np.sqrt(np.nanmean(pulls ** 2))) if n else None,

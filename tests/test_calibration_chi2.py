@@ -1,0 +1,201 @@
+"""Readout χ² loss, the inverse normalisation, the L-BFGS polish, χ² (sum) mode and degeneracy warnings."""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from calibration.batching import row_batches
+from calibration.fitter import FitConfig, Fitter
+from calibration.losses import HitsLoss, noise_sigma_adc, readout_chi2
+from calibration.losses.chi2 import threshold_adc
+from calibration.paramsets import ParamSet, ParamSpec
+from calibration.toy import ToyForward, ToyHits, make_toy_tracks
+from calibration.uncertainty import covariance_from_hessian, degeneracy_warnings
+
+K = lambda rows: torch.tensor(rows, dtype=torch.int64)
+
+
+def test_noise_sigma_from_the_front_end_model():
+    # sqrt(900^2 + 500^2) e- times the digitize slope 4e-3 mV/e- * 256 / (1300 - 288) mV
+    assert noise_sigma_adc() == pytest.approx(math.hypot(900, 500) * 4e-3 * 256 / 1012, rel=1e-12)
+    assert 1.03 < noise_sigma_adc() < 1.05
+    from sparsetpc.electronics import FrontEnd
+    assert noise_sigma_adc(FrontEnd(reset_noise=0.0, uncorrelated_noise=988.28125)) == pytest.approx(1.0, rel=1e-6)
+
+
+def test_chi2_hand_computed_matching_and_unmatched():
+    ko = K([[0, 0, 1, 1, 0], [0, 0, 1, 1, 1], [0, 0, 2, 5, 0]])
+    kt = K([[0, 0, 1, 1, 1], [0, 0, 1, 1, 0], [1, 0, 2, 5, 0]])     # same first two keys, other order; third differs
+    ao = torch.tensor([100.0, 90.0, 120.0], dtype=torch.float64)
+    at = torch.tensor([93.0, 98.0, 85.0], dtype=torch.float64)
+    chi2, counts = readout_chi2(ko, ao, kt, at, sigma=2.0)
+    assert float(chi2) == pytest.approx(((100 - 98) / 2) ** 2 + ((90 - 93) / 2) ** 2)
+    assert counts == {"matched": 2, "unmatched_guess": 1, "unmatched_target": 1}
+    thr = threshold_adc()
+    chi2_t, _ = readout_chi2(ko, ao, kt, at, sigma=2.0, unmatched="threshold")
+    extra = (max(0.0, 120 - thr) / 2) ** 2 + (max(0.0, 85 - thr) / 2) ** 2
+    assert float(chi2_t) == pytest.approx(float(chi2) + extra) and extra > 0
+    # a slot shift (crossing times 3 us apart) is not a match
+    to = torch.tensor([1.0, 5.0, 9.0], dtype=torch.float64)
+    tt = torch.tensor([5.2, 4.0, 9.0], dtype=torch.float64)
+    chi2_dt, counts_dt = readout_chi2(ko, ao, kt, at, sigma=2.0, t_out=to, t_target=tt, max_dt=1.0)
+    assert float(chi2_dt) == pytest.approx(((90 - 93) / 2) ** 2) and counts_dt["matched"] == 1
+    with pytest.raises(ValueError):
+        readout_chi2(K([[0, 0, 1, 1, 0], [0, 0, 1, 1, 0]]), ao[:2], kt, at, sigma=1.0)
+    with pytest.raises(ValueError):
+        readout_chi2(ko, ao, kt, at, sigma=1.0, unmatched="zero")
+
+
+@pytest.mark.parametrize("unmatched", ["ignore", "threshold"])
+def test_gradcheck_chi2(unmatched):
+    g = torch.Generator().manual_seed(0)
+    ko = K([[0, 0, i % 3, i // 3, 0] for i in range(6)])
+    kt = K([[0, 0, i % 3, i // 3, 0] for i in (5, 0, 2, 1, 7, 4)])
+    ao = (80 + 20 * torch.rand(6, generator=g, dtype=torch.float64)).requires_grad_(True)
+    at = (80 + 20 * torch.rand(6, generator=g, dtype=torch.float64)).requires_grad_(True)
+    fn = lambda a, b: readout_chi2(ko, a, kt, b, sigma=1.3, unmatched=unmatched)[0]
+    assert torch.autograd.gradcheck(fn, (ao, at), eps=1e-6, atol=1e-6)
+
+
+def _hits(adc, readout=None):
+    n = adc.shape[0]
+    z = torch.zeros(n, dtype=torch.int64)
+    ix = torch.arange(n)
+    return type("H", (), dict(event=z, plane=z, ix=ix, iy=z, readout=z if readout is None else readout,
+                              t=torch.arange(n, dtype=adc.dtype), adc=adc))()
+
+
+def test_hitsloss_chi2_is_per_unit_and_flagged():
+    loss = HitsLoss("chi2", sigma=2.0)
+    a = torch.tensor([90.0, 100.0], dtype=torch.float64)
+    b = torch.tensor([92.0, 96.0], dtype=torch.float64)
+    assert loss.chi2 and not HitsLoss("mse").chi2
+    assert float(loss(_hits(a), _hits(b), n_units=2)) == pytest.approx((1 + 4) / 2)
+    assert float(loss(_hits(a), _hits(a))) == 0.0
+    assert loss.last_counts["matched"] == 2
+    with pytest.raises(ValueError):
+        loss(ToyHits(*(torch.zeros(2),) * 5), ToyHits(*(torch.zeros(2),) * 5))
+
+
+# --------------------------------------------------------------------------- inverse normalisation
+def test_inverse_normalisation_round_trip_jacobian_bounds():
+    spec = ParamSpec("lifetime", norm="inverse", bounds=(500.0, 5000.0))
+    assert spec.to_internal(2200.0) == pytest.approx(1.0)
+    assert spec.to_physical(spec.to_internal(3700.0)) == pytest.approx(3700.0)
+    lo, hi = spec.internal_bounds()
+    assert lo == pytest.approx(2200 / 5000) and hi == pytest.approx(2200 / 500)
+    q = torch.tensor(spec.to_internal(4000.0), dtype=torch.float64, requires_grad=True)
+    (dp,) = torch.autograd.grad(spec.to_physical(q), q)
+    assert spec.jacobian_at(4000.0) == pytest.approx(float(dp)) and float(dp) < 0
+    ps = ParamSet([ParamSpec("Ab"), spec])
+    assert ps.jacobians({"Ab": 0.8, "lifetime": 4000.0}) == pytest.approx([0.8, -4000.0 ** 2 / 2200])
+    with pytest.raises(Exception):
+        spec.jacobian                                   # not affine
+
+
+def _toy_fitter(specs, target, loss="mse", **cfg):
+    ps = ParamSet(specs)
+    batches = row_batches(make_toy_tracks(4, seed=1), 2)
+    defaults = dict(iterations=30, progress=False, plots=False, hessian=True)
+    defaults.update(cfg)
+    return Fitter(ps, ToyForward(waveforms=loss == "mse"), HitsLoss(loss), batches, FitConfig(**defaults),
+                  target_values=target)
+
+
+def test_inverse_lifetime_fit_and_polish_converge_reports_microseconds():
+    specs = [ParamSpec("Ab", lr=0.02), ParamSpec("lifetime", lr=0.02, norm="inverse", bounds=(500.0, 5000.0))]
+    target = {"Ab": 0.84, "lifetime": 3500.0}
+    result = _toy_fitter(specs, target, iterations=30, polish_lbfgs=5).run()
+    assert result["polish"]["steps"] >= 1 and result["polish"]["evaluations"] >= 1
+    for name, value in target.items():
+        assert abs(result["params"][name]["fitted"] / value - 1) < 1e-4, result["params"][name]
+    assert result["final_loss"] < 1e-10
+    # sigma in µs: the internal sigma times |dτ/dq| = τ²/τ_nom
+    assert result["params"]["lifetime"]["sigma"] > 1.0 and result["params"]["lifetime"]["unit"] == "us"
+    no_polish = _toy_fitter(specs, target, iterations=30, hessian=False).run()
+    assert no_polish["final_loss"] > 100 * result["final_loss"]     # the polish is what gets there
+
+
+def test_polish_line_search_outside_bounds_is_clamped():
+    # start at a bound, target far away: the line search probes outside [low, high]; nothing may fail
+    specs = [ParamSpec("Ab", lr=0.02, bounds=(0.78, 0.88)), ParamSpec("eField", lr=0.02, bounds=(0.45, 0.55))]
+    f = _toy_fitter(specs, {"Ab": 0.87, "eField": 0.46}, iterations=0, polish_lbfgs=3, hessian=False)
+    f.initial_values = {"Ab": 0.78, "eField": 0.55}
+    result = f.run()
+    for name, (lo, hi) in (("Ab", (0.78, 0.88)), ("eField", (0.45, 0.55))):
+        assert lo <= result["params"][name]["fitted"] <= hi
+    assert abs(result["params"]["Ab"]["fitted"] / 0.87 - 1) < 1e-3
+
+
+# --------------------------------------------------------------------------- χ² sum mode, degeneracy
+class _Chi2Half:
+    """χ²-flagged toy loss: Σ ((adc_g − adc_t)/0.5)² per unit (the toy's noise RMS is 0.5 ADC)."""
+    chi2 = True
+
+    def __call__(self, guess, target, n_units=None):
+        return ((guess.adc - target.adc) / 0.5).pow(2).sum() / n_units
+
+
+def test_chi2_mode_sums_over_units_for_the_hessian():
+    ps = ParamSet.from_names(["Ab"], lr=0.02)
+    batches = row_batches(make_toy_tracks(5, seed=1), 2)             # units 2, 2, 1
+    f = Fitter(ps, ToyForward(), _Chi2Half(), batches, FitConfig(iterations=1, progress=False, plots=False,
+                                                                 hessian=False), target_values={"Ab": 0.84})
+    theta = torch.tensor([1.0], dtype=torch.float64)
+    total, _ = f.evaluate(theta, need_grad=False)
+    mean, _ = f.evaluate(theta, need_grad=False, total=False)
+    assert float(total) == pytest.approx(5 * float(mean))
+    full = ToyForward()(ps.build_params([theta[0]], f.base), make_toy_tracks(5, seed=1))
+    target = ToyForward()(f.base.replace(Ab=0.84), make_toy_tracks(5, seed=1))
+    assert float(total) == pytest.approx(float(((full.adc - target.adc) / 0.5).pow(2).sum()))
+
+
+def test_chi2_sigma_matches_noise_spread_on_toy():
+    # the toy adds N(0, 0.5²) to every ADC: with the χ² above and cov = 2H⁻¹ the reported sigma must match the
+    # spread of the fitted values over noise seeds (this test fails if the fitter averaged over units)
+    ps = ParamSet.from_names(["Ab"], lr=0.02)
+    fits, sigmas = [], []
+    for seed in range(8):
+        f = Fitter(ps, ToyForward(), _Chi2Half(), row_batches(make_toy_tracks(4, seed=1), 2),
+                   FitConfig(iterations=0, polish_lbfgs=3, progress=False, plots=False, seed=seed),
+                   target_values={"Ab": 0.84}, target_noise=True)
+        r = f.run()
+        fits.append(r["params"]["Ab"]["fitted"])
+        sigmas.append(r["params"]["Ab"]["sigma"])
+        assert r["loss_is_chi2"]
+    spread = np.std(fits, ddof=1)
+    assert 0.5 < np.mean(sigmas) / spread < 2.0, (np.mean(sigmas), spread)
+
+
+def _degenerate_forward(params, tracks, noise=False, seed=None):
+    # adc depends on Ab and MeVToElectrons only through their product (as Birks' law does)
+    k = tracks.shape[0]
+    adc = (params.Ab * params.MeVToElectrons / 4e4) * tracks[:, 6] * (1 + 0.1 * torch.arange(k, dtype=tracks.dtype))
+    z = torch.arange(k)
+    return ToyHits(z, tracks[:, 0] * 0, tracks[:, 1] * 0, tracks[:, 2] * 0, adc)
+
+
+def test_degenerate_pair_is_reported():
+    ps = ParamSet.from_names(["Ab", "MeVToElectrons"], lr=0.01)
+    f = Fitter(ps, _degenerate_forward, _Chi2Half(), row_batches(make_toy_tracks(4, seed=1)),
+               FitConfig(iterations=60, polish_lbfgs=3, progress=False, plots=False),
+               target_values={"Ab": 0.84, "MeVToElectrons": 4.6e4})
+    r = f.run()
+    product = r["params"]["Ab"]["fitted"] * r["params"]["MeVToElectrons"]["fitted"]
+    assert product == pytest.approx(0.84 * 4.6e4, rel=1e-6)
+    assert abs(r["params"]["Ab"]["fitted"] / 0.84 - 1) > 1e-3        # the individual values are not recovered
+    assert any("degenerate" in w or "ill-conditioned" in w or "not positive definite" in w
+               for w in r["warnings"]), r["warnings"]
+    assert r["hessian_condition"] is None or r["hessian_condition"] > 1e6
+    direction = np.array(r["hessian_flattest_direction"])
+    assert abs(abs(direction[0]) - abs(direction[1])) < 0.2 and direction[0] * direction[1] < 0   # along Ab·M = const
+
+
+def test_degeneracy_warnings_thresholds():
+    unc = covariance_from_hessian(np.array([[1.0, 0.995], [0.995, 1.0]]))
+    assert unc["correlation"][0, 1] < -0.99
+    w = degeneracy_warnings(["a", "b"], unc)
+    assert any("degenerate" in x for x in w)
+    assert degeneracy_warnings(["a", "b"], covariance_from_hessian(np.array([[1.0, 0.5], [0.5, 1.0]]))) == []
