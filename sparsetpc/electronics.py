@@ -19,7 +19,7 @@ Noise (optional, seeded through a ``torch.Generator``): reset noise 900 e⁻ on 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import nn
@@ -52,8 +52,9 @@ class FrontEnd:
     def dead_ticks(self) -> int:
         return int(round(self.clock_cycle / self.tick))
 
-    def pedestal(self) -> float:
-        return float(digitize(torch.zeros((), dtype=torch.float64), self, hard=False))
+    def pedestal(self, hard: bool = False) -> float:
+        """ADC of zero charge: 74.3656 relaxed (float, +0.5), 74 hard (rounded)."""
+        return float(digitize(torch.zeros((), dtype=torch.float64), self, hard=hard))
 
 
 def digitize(charge: torch.Tensor, front_end: FrontEnd, hard: bool = False) -> torch.Tensor:

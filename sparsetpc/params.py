@@ -7,8 +7,7 @@ never from module globals.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Dict, Iterable, Tuple
 
 import torch

@@ -12,7 +12,6 @@ import re
 import warnings
 from typing import Optional, Union
 
-import numpy as np
 import torch
 
 from . import drift as drift_stage

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from validation.run_reference import segment_rows as reference_rows  # rows (z = drift) of a reference npz
+from validation.run_reference import segment_rows as reference_rows  # noqa: F401  (re-exported for the tests)
 from validation.run_reference import shared_data_dir
 
 REPO = Path(__file__).resolve().parents[1]

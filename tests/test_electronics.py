@@ -21,6 +21,7 @@ class TestDigitize:
     def test_pedestal_and_gain(self):
         # physics.md §2.7: pedestal 74.3656, 1 count ≈ 988 e⁻, saturation at 256
         assert FE.pedestal() == pytest.approx(74.3656, abs=1e-4)
+        assert FE.pedestal(hard=True) == 74.0
         q = torch.tensor([0.0, 988.28125, 1e7], dtype=torch.float64)
         out = digitize(q, FE)
         assert float(out[1] - out[0]) == pytest.approx(1.0, rel=1e-6)

@@ -30,7 +30,6 @@ def _brute_force(start, end, margin, plane):
 class TestAssociation:
     @pytest.mark.parametrize("direction", [(1.0, 0.0, 0.0), (1.0, 1.0, 0.3), (0.3, -1.0, 2.0), (0.01, 0.02, 1.0)])
     def test_matches_brute_force(self, direction):
-        rng = np.random.default_rng(4)
         start = np.array([1.234, -20.77, -20.0])
         d = np.asarray(direction) / np.linalg.norm(direction)
         end = start + 3.1 * d

@@ -5,7 +5,7 @@ import torch
 
 import sparsetpc as st
 from sparsetpc.example import generate, write_example
-from sparsetpc.segments import SEGMENT_DTYPE, swap_xz
+from sparsetpc.segments import swap_xz
 from helpers import SHARED, needs_shared
 
 

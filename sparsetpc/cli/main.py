@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -84,20 +83,13 @@ def _simulate(args) -> int:
         summary = write_packets(out, merged, detector.layout)
         print(f"wrote {summary.n_data_packets} data packets ({summary.n_disabled} on disabled edge channels skipped) to {out}")
     else:
-        pedestal = front_end_pedestal(args.mode)
+        pedestal = st.FrontEnd().pedestal(hard=(args.mode == "hard"))
         write_hits(out, merged, segments.rows, adc_pedestal=pedestal, mode=args.mode, metadata={"mode": args.mode, "dtype": args.dtype, "device": args.device,
                                                           "params": params.as_dict(), "input": str(args.input),
                                                           "cuts": "none" if args.no_cuts else vars(cuts)})
         print(f"wrote {len(merged)} hits from {len(segments)} segments in {len(events)} event(s) to {out} "
               f"({elapsed:.2f} s simulation)")
     return 0
-
-
-def front_end_pedestal(mode: str) -> float:
-    """ADC of zero charge: 74.3656 in relaxed mode (float, +0.5), 74 in hard mode (rounded)."""
-    import torch
-    from sparsetpc.electronics import FrontEnd, digitize
-    return float(digitize(torch.zeros((), dtype=torch.float64), FrontEnd(), hard=(mode == "hard")))
 
 
 def _concat(hits_list):
@@ -117,7 +109,7 @@ def _concat(hits_list):
 
 
 def _example(args) -> int:
-    from sparsetpc.example import generate, write_example
+    from sparsetpc.example import write_example
     path = write_example(args.output, n_events=args.events, tracks_per_event=args.tracks_per_event, seed=args.seed)
     print(f"wrote {args.events} event(s) x {args.tracks_per_event} track(s) of edep-sim segments to {path}")
     return 0
