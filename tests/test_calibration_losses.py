@@ -48,13 +48,31 @@ def test_waveform_mse_union_value():
     keys_b = torch.tensor([[1, 11], [4, 7]])
     va = torch.tensor([1.0, 2.0, 3.0], dtype=D)
     vb = torch.tensor([0.5, 1.5], dtype=D)
-    # union {(1,10):1, (1,11):2-0.5, (3,5):3, (4,7):-1.5}
-    expected = (1.0 + 1.5 ** 2 + 9.0 + 1.5 ** 2) / 4
+    # union {(1,10):1, (1,11):2-0.5, (3,5):3, (4,7):-1.5}, divided by the 2 target keys
+    expected = (1.0 + 1.5 ** 2 + 9.0 + 1.5 ** 2) / 2
     assert float(waveform_mse(keys_a, va, keys_b, vb, scale=1.0)) == pytest.approx(expected)
     assert float(waveform_mse(keys_a, va, keys_a, va)) == 0.0
+    # default scale: the relative squared error sum (out - target)^2 / sum target^2
+    assert float(waveform_mse(keys_a, va, keys_b, vb)) == pytest.approx((1.0 + 1.5 ** 2 + 9.0 + 1.5 ** 2) / 2.5)
+    # an empty guess gives exactly 1
+    assert float(waveform_mse(keys_a[:0], va[:0], keys_b, vb)) == pytest.approx(1.0)
     # duplicate keys are summed
     assert float(waveform_mse(torch.tensor([[1], [1]]), torch.tensor([1.0, 1.0], dtype=D),
                               torch.tensor([[1]]), torch.tensor([2.0], dtype=D), scale=1.0)) == 0.0
+
+
+def test_waveform_mse_ignores_zero_keys_of_the_guess():
+    # The guess's key set moves with the simulator's tick windows; keys carrying zero charge must not change
+    # the loss (a union-size denominator made each window shift a step of the loss and stalled fits).
+    keys_t = torch.tensor([[0, 5], [0, 6], [0, 7], [1, 3]])
+    vt = torch.tensor([1.0, 3.0, 0.5, 2.0], dtype=D)
+    keys_g = torch.tensor([[0, 5], [0, 6], [1, 3]])
+    vg = torch.tensor([1.2, 2.5, 2.0], dtype=D)
+    base = waveform_mse(keys_g, vg, keys_t, vt)
+    padded_keys = torch.cat([torch.tensor([[0, 2], [0, 3], [0, 4]]), keys_g, torch.tensor([[0, 8], [2, 9]])])
+    padded_values = torch.cat([torch.zeros(3, dtype=D), vg, torch.zeros(2, dtype=D)])
+    assert float(waveform_mse(padded_keys, padded_values, keys_t, vt)) == float(base)
+    assert float(base) == pytest.approx((0.2 ** 2 + 0.5 ** 2 + 0.5 ** 2) / float(vt.pow(2).sum()))
 
 
 def test_identities_and_positivity():
@@ -150,8 +168,8 @@ def test_hits_loss_mse_needs_waveforms_and_matches_pure_function():
     expected = float(waveform_mse(ka[ka[:, 0] == 0], va[ka[:, 0] == 0], kb, vb, scale=1.0)) + \
         float(waveform_mse(ka[ka[:, 0] == 1], va[ka[:, 0] == 1], kb[:0], vb[:0], scale=1.0))
     assert float(loss(ga, gb)) == pytest.approx(expected / 2)
-    # event 0: ticks 3,4 vs 4,5 -> union {3:1, 4:2-1, 5:-1} -> mean 1
-    assert expected == pytest.approx(1.0 + (9 + 16) / 2)
+    # event 0: ticks 3,4 vs 4,5 -> union {3:1, 4:2-1, 5:-1} over 2 target keys; event 1: no target keys
+    assert expected == pytest.approx(3 / 2 + (9 + 16) / 1)
     with pytest.raises(ValueError):
         HitsLoss("mse")(_hits([0], [0.0], [1.0]), _hits([0], [0.0], [1.0]))
 

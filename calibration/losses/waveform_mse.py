@@ -1,7 +1,12 @@
-"""MSE between sparse waveforms on the union of their (pixel, tick) keys; no assignment step.
+"""Squared error between sparse waveforms on the union of their (pixel, tick) keys; no assignment step.
 
 A key absent from one side counts as zero charge there.  Keys are integer rows (e.g. event, plane, ix, iy,
 tick); values are the induced charge per tick.
+
+The sum of squared differences is divided by a quantity of the **target alone** (its number of keys and its
+RMS), never by the size of the union: the simulator's tick windows (and so the guess's key set) move with the
+parameters, and a union-size denominator turns every window shift into a step of the loss.  Those steps stalled
+six-parameter closure fits (docs/calibration.md, "the stall of seeds 1 and 4").
 """
 from __future__ import annotations
 
@@ -12,10 +17,13 @@ import torch
 
 def waveform_mse(keys_out: torch.Tensor, values_out: torch.Tensor, keys_target: torch.Tensor,
                  values_target: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
-    """mean over the union of keys of ((out − target)/scale)².
+    """Σ over the union of keys of ((out − target)/scale)², divided by the number of target keys.
 
     ``keys_*`` [N, K] int64 (duplicate keys are summed); ``values_*`` [N] float.  ``scale`` defaults to the
-    RMS of the target values (so the loss is unit-free), 1 if the target is all zero.
+    RMS of the target values, so the default is the relative squared error Σ(out − target)² / Σ target²
+    (0 at the target, 1 for an empty guess).  A target with no keys or all-zero values uses scale 1 and
+    divides by max(number of target keys, 1).  The value depends on the guess only through its values: adding
+    keys with zero charge to the guess does not change it.
     """
     keys = torch.cat([keys_out, keys_target], dim=0)
     if keys.shape[0] == 0:
@@ -25,10 +33,11 @@ def waveform_mse(keys_out: torch.Tensor, values_out: torch.Tensor, keys_target: 
     n_out = keys_out.shape[0]
     diff = diff.index_add(0, inverse[:n_out], values_out)
     diff = diff.index_add(0, inverse[n_out:], -values_target.to(values_out.dtype))
+    n_target = max(int(keys_target.shape[0]), 1)
     if scale is None:
         rms = values_target.detach().pow(2).mean().sqrt() if values_target.numel() else torch.tensor(0.0)
         scale = float(rms) if float(rms) > 0 else 1.0
-    return (diff / scale).pow(2).mean()
+    return (diff / scale).pow(2).sum() / n_target
 
 
 def waveform_keys(waveforms) -> tuple:
