@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no new polish step after S seconds of polishing")
     g.add_argument("--max-wall", type=float, default=None, metavar="S",
                    help="leave the main loop after S seconds of wall time (then polish, Hessian, result)")
+    g.add_argument("--sigma-replicas", type=int, default=0, metavar="N",
+                   help="chi2 loss: per-readout sigma_ADC from N noisy replicas of the guess at the initial values "
+                        "(captures the integration-window jitter the noise model leaves out); 0 = noise model")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)   # test hook (simulated kill)
     scan = sub.add_parser("scan", help="1-D loss scans per parameter for several losses")
     _common(scan)
@@ -231,7 +234,7 @@ def cmd_fit(args) -> int:
             history_format=args.history_format, stop_after=args.stop_after, hessian=not args.no_hessian,
             hessian_step=args.hessian_step, errordef_up=args.errordef, plots=not args.no_plots,
             polish_lbfgs=args.polish_lbfgs, polish_kwargs=json.loads(args.polish_kwargs), max_wall_s=args.max_wall,
-            polish_max_wall_s=args.polish_max_wall)
+            polish_max_wall_s=args.polish_max_wall, sigma_replicas=args.sigma_replicas)
         targets = None
         if args.target_file:
             targets = targets_from_file(args.target_file, [dist.shard(b) for b in batches], dtype, device)

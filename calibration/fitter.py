@@ -59,6 +59,8 @@ class FitConfig:
     polish_kwargs: Dict[str, Any] = field(default_factory=dict)   # torch.optim.LBFGS kwargs for the polish
     max_wall_s: Optional[float] = None          # leave the main loop once this much wall time is spent
     polish_max_wall_s: Optional[float] = None   # no new polish step once the polish has run this long
+    sigma_replicas: int = 0                     # χ² loss: per-readout σ_ADC from this many noisy replicas of the
+                                                # guess at the initial values (readout_sigma.py); 0 = noise model
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +112,32 @@ class Fitter:
         if len(targets) != len(self.local_batches):
             raise ValueError(f"{len(targets)} targets for {len(self.local_batches)} batches")
         self.targets = list(targets)
+        self.readout_sigma_summary = None
+        if config.sigma_replicas:
+            self._attach_readout_sigma()
+
+    def _attach_readout_sigma(self) -> None:
+        """Per-target-readout σ_ADC from noisy replicas of the guess at the initial values (χ² loss only)."""
+        if not self.loss_is_chi2:
+            raise ValueError("sigma_replicas needs the chi2 loss")
+        from .readout_sigma import replica_sigma, with_readout_sigma
+        leaves = self.paramset.make_leaves(self.initial_values, dtype=self.dtype, device=self.device)
+        params = self.paramset.build_params(leaves, self.base)
+        max_dt = getattr(self.loss_fn, "options", {}).get("max_dt", 1.0)
+        sigmas = []
+        for b, batch in enumerate(self.local_batches):
+            if batch.n_units == 0 or self.targets[b] is None:
+                continue
+            sigma = replica_sigma(self.forward, params, batch.data, self.targets[b], self.config.sigma_replicas,
+                                  seed=derive_seed(self.config.seed, 5, b), max_dt=max_dt)
+            self.targets[b] = with_readout_sigma(self.targets[b], sigma)
+            sigmas.append(sigma)
+        values = torch.cat(sigmas).double().cpu().numpy() if sigmas else np.zeros(0)
+        self.readout_sigma_summary = {
+            "source": f"{self.config.sigma_replicas} noisy replicas of the guess at the initial values",
+            "readouts": int(values.size),
+            "quantiles_adc": {q: float(np.quantile(values, float(q))) for q in ("0.1", "0.5", "0.9", "0.99")}
+            if values.size else None}
 
     # ------------------------------------------------------------------ pieces
     def _order(self, epoch: int) -> np.ndarray:
@@ -393,6 +421,7 @@ class Fitter:
             "hessian_flattest_direction": None if unc is None else nan_to_none(unc["flattest_direction"]),
             "warnings": warn,
             "loss_is_chi2": self.loss_is_chi2,
+            "readout_sigma": self.readout_sigma_summary,
             "uncertainty_convention": f"cov = 2*up*H^-1 with up = {cfg.errordef_up} (loss rises by up at 1 sigma); "
                                       f"H by central differences of gradients, step {cfg.hessian_step} (internal units); "
                                       + ("loss = total chi2 (sum over units)" if self.loss_is_chi2 else

@@ -199,3 +199,107 @@ def test_degeneracy_warnings_thresholds():
     w = degeneracy_warnings(["a", "b"], unc)
     assert any("degenerate" in x for x in w)
     assert degeneracy_warnings(["a", "b"], covariance_from_hessian(np.array([[1.0, 0.5], [0.5, 1.0]]))) == []
+
+
+# ---------------------------------------------------------------- per-readout sigma from noisy replicas
+@dataclass
+class _ReadoutHits:
+    event: torch.Tensor
+    plane: torch.Tensor
+    ix: torch.Tensor
+    iy: torch.Tensor
+    readout: torch.Tensor
+    t: torch.Tensor
+    adc: torch.Tensor
+
+    def __len__(self):
+        return int(self.adc.shape[0])
+
+
+_NOISE_SCALE = torch.tensor([0.8, 6.0] * 6, dtype=torch.float64)     # per readout: quiet and jittery ones
+
+
+def _hetero_forward(params, tracks, noise=False, seed=None):
+    """12 readouts on one pixel row; ADC ∝ Ab with readout-dependent noise (what the noise model cannot see)."""
+    n = _NOISE_SCALE.shape[0]
+    coeff = 40.0 + 5.0 * torch.arange(n, dtype=torch.float64)
+    adc = params.Ab * coeff * tracks[:, 6].sum() / tracks[:, 6].sum().detach()
+    if noise:
+        gen = torch.Generator().manual_seed(int(seed or 0))
+        adc = adc + torch.randn(n, generator=gen, dtype=torch.float64) * _NOISE_SCALE
+    zeros = torch.zeros(n, dtype=torch.int64)
+    idx = torch.arange(n)
+    return _ReadoutHits(zeros, zeros, idx, zeros, zeros, idx.to(torch.float64), adc)
+
+
+def test_per_readout_sigma_in_chi2_by_hand_and_gradcheck():
+    ko = K([[0, 0, 1, 1, 0], [0, 0, 1, 1, 1], [0, 0, 2, 5, 0]])
+    kt = K([[0, 0, 1, 1, 1], [0, 0, 1, 1, 0], [1, 0, 2, 5, 0]])
+    ao = torch.tensor([100.0, 90.0, 120.0], dtype=torch.float64)
+    at = torch.tensor([93.0, 98.0, 85.0], dtype=torch.float64)
+    sig = torch.tensor([3.0, 0.5, 7.0], dtype=torch.float64)          # per target readout
+    chi2, _ = readout_chi2(ko, ao, kt, at, sigma=sig)
+    assert float(chi2) == pytest.approx(((100 - 98) / 0.5) ** 2 + ((90 - 93) / 3.0) ** 2)
+    thr = threshold_adc()
+    chi2_t, _ = readout_chi2(ko, ao, kt, at, sigma=sig, unmatched="threshold")
+    extra = (max(0.0, 120 - thr) / 3.0) ** 2 + (max(0.0, 85 - thr) / 7.0) ** 2     # guess side: median sigma
+    assert float(chi2_t) == pytest.approx(float(chi2) + extra)
+    with pytest.raises(ValueError, match="per-readout sigma"):
+        readout_chi2(ko, ao, kt, at, sigma=sig[:2])
+    a = ao.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: readout_chi2(ko, x, kt, at, sigma=sig, unmatched="threshold")[0], (a,))
+    # HitsLoss reads the target's adc_sigma when no sigma option is given
+    from calibration.readout_sigma import with_readout_sigma
+    guess = _hetero_forward(ParamSet.from_names(["Ab"]).base_params(), make_toy_tracks(2))
+    target = with_readout_sigma(_hetero_forward(ParamSet.from_names(["Ab"]).base_params().replace(Ab=0.9),
+                                                make_toy_tracks(2)), _NOISE_SCALE)
+    expected = float(((guess.adc - target.adc) / _NOISE_SCALE).pow(2).sum())
+    assert float(HitsLoss("chi2")(guess, target, n_units=1)) == pytest.approx(expected)
+    assert float(HitsLoss("chi2", sigma=2.0)(guess, target, n_units=1)) == pytest.approx(
+        float(((guess.adc - target.adc) / 2.0).pow(2).sum()))
+
+
+def test_replica_sigma_recovers_per_readout_noise_floor_and_fallback():
+    from calibration.readout_sigma import replica_sigma
+    base = ParamSet.from_names(["Ab"]).base_params()
+    tracks = make_toy_tracks(2)
+    target = _hetero_forward(base, tracks, noise=True, seed=99)
+    sigma = replica_sigma(_hetero_forward, base, tracks, target, n_replicas=400, seed=1000, sigma_model=1.0, floor=0.1)
+    assert torch.allclose(sigma, _NOISE_SCALE, rtol=0.12)
+    # floor: never below floor × model sigma
+    sigma_floor = replica_sigma(_hetero_forward, base, tracks, target, n_replicas=50, seed=1000, sigma_model=2.0,
+                                floor=0.5)
+    assert float(sigma_floor.min()) == pytest.approx(1.0) and float(sigma_floor.max()) > 4.0
+    # target readouts the replicas never produce keep the model sigma
+    odd = _ReadoutHits(*(getattr(target, f) for f in ("event", "plane")), target.ix + 100,
+                       *(getattr(target, f) for f in ("iy", "readout", "t", "adc")))
+    assert torch.all(replica_sigma(_hetero_forward, base, tracks, odd, 20, seed=1, sigma_model=1.3) == 1.3)
+    with pytest.raises(ValueError):
+        replica_sigma(_hetero_forward, base, tracks, target, n_replicas=1, seed=1)
+
+
+def test_sigma_replicas_make_chi2_uncertainty_match_spread():
+    # Readouts with 10x different noise: with the single model sigma (1 ADC) the reported sigma is far below
+    # the true spread of the fitted values; with per-readout sigmas from replicas the fit is weighted correctly
+    # and the reported sigma matches the spread over noise seeds.
+    ps = ParamSet.from_names(["Ab"], lr=0.02)
+    ratios = {}
+    for replicas in (0, 200):
+        fits, sigmas = [], []
+        for seed in range(16):
+            f = Fitter(ps, _hetero_forward, HitsLoss("chi2", sigma=None) if replicas else HitsLoss("chi2", sigma=1.0),
+                       row_batches(make_toy_tracks(2, seed=1)),
+                       FitConfig(iterations=0, polish_lbfgs=3, progress=False, plots=False, seed=seed,
+                                 sigma_replicas=replicas),
+                       target_values={"Ab": 0.84}, target_noise=True)
+            r = f.run()
+            fits.append(r["params"]["Ab"]["fitted"])
+            sigmas.append(r["params"]["Ab"]["sigma"])
+            if replicas:
+                assert r["readout_sigma"]["readouts"] == 12
+        ratios[replicas] = np.mean(sigmas) / np.std(fits, ddof=1)
+    assert ratios[0] < 0.6, ratios
+    assert 0.7 < ratios[200] < 1.4, ratios
+    with pytest.raises(ValueError, match="chi2"):
+        Fitter(ps, _hetero_forward, HitsLoss("space_match"), row_batches(make_toy_tracks(2, seed=1)),
+               FitConfig(iterations=0, progress=False, plots=False, sigma_replicas=5), target_values={"Ab": 0.84})

@@ -53,7 +53,8 @@ class HitsLoss:
 
     ``chi2`` (see ``losses/chi2.py``): Σ over matched readouts of ((ADC_g − ADC_t)/σ_ADC)², divided by
     ``n_units`` like the others; ``self.chi2`` is True so that the fitter sums over units for the Hessian (the
-    total χ², for which cov = 2H⁻¹ with up = 1).  Options: ``sigma`` (default: the noise model, ≈1.04 ADC),
+    total χ², for which cov = 2H⁻¹ with up = 1).  Options: ``sigma`` (default: the target's per-readout
+    ``adc_sigma`` when it carries one (fitter option ``sigma_replicas``), else the noise model, ≈1.04 ADC),
     ``unmatched`` (``ignore`` | ``threshold``), ``max_dt`` (µs, default 1.0).  ``last_counts`` holds the matched
     and unmatched readout counts of the last call.
     """
@@ -111,7 +112,12 @@ class HitsLoss:
                 raise ValueError(f"the 'chi2' loss needs readout keys (event, plane, ix, iy, readout) on the {side}")
         opts = dict(self.options)
         sigma = opts.pop("sigma", None)
-        sigma = noise_sigma_adc() if sigma is None else float(sigma)
+        if sigma is None and getattr(target, "adc_sigma", None) is not None:
+            sigma = target.adc_sigma                 # per target readout (calibration.readout_sigma)
+        elif sigma is None:
+            sigma = noise_sigma_adc()
+        else:
+            sigma = float(sigma)
         max_dt = opts.pop("max_dt", 1.0)
         chi2, counts = readout_chi2(readout_keys(guess), guess.adc, readout_keys(target), target.adc, sigma,
                                     t_out=guess.t, t_target=target.t, max_dt=max_dt, **opts)

@@ -43,10 +43,16 @@ def threshold_adc(front_end=None) -> float:
 
 
 def readout_chi2(keys_out: torch.Tensor, adc_out: torch.Tensor, keys_target: torch.Tensor, adc_target: torch.Tensor,
-                 sigma: float, unmatched: str = "ignore", adc_threshold: Optional[float] = None,
+                 sigma, unmatched: str = "ignore", adc_threshold: Optional[float] = None,
                  t_out: Optional[torch.Tensor] = None, t_target: Optional[torch.Tensor] = None,
                  max_dt: Optional[float] = None) -> Tuple[torch.Tensor, Dict[str, int]]:
-    """(χ², counts) for readouts with integer keys [N, K] (unique per side) and ADC values [N]."""
+    """(χ², counts) for readouts with integer keys [N, K] (unique per side) and ADC values [N].
+
+    ``sigma``: one σ_ADC for every readout, or a tensor [N_target] of per-target-readout σ (e.g. from
+    ``calibration.readout_sigma``); then unmatched guess readouts (``unmatched="threshold"``) use its median."""
+    per_readout = torch.is_tensor(sigma) and sigma.dim() > 0
+    if per_readout and sigma.shape[0] != keys_target.shape[0]:
+        raise ValueError(f"per-readout sigma has {sigma.shape[0]} entries for {keys_target.shape[0]} target readouts")
     if unmatched not in UNMATCHED:
         raise ValueError(f"unmatched must be one of {UNMATCHED}, got {unmatched!r}")
     n_out, n_tgt = keys_out.shape[0], keys_target.shape[0]
@@ -75,7 +81,9 @@ def readout_chi2(keys_out: torch.Tensor, adc_out: torch.Tensor, keys_target: tor
         both[idx[dt > max_dt]] = False
     m = torch.nonzero(both).squeeze(1)
     diff = adc_out[pos_out[m]] - adc_target[pos_tgt[m]]
-    chi2 = zero + (diff / sigma).pow(2).sum()
+    sigma_target = sigma.to(adc_out.dtype) if per_readout else sigma
+    sigma_matched = sigma_target[pos_tgt[m]] if per_readout else sigma
+    chi2 = zero + (diff / sigma_matched).pow(2).sum()
     matched_out = torch.zeros(n_out, dtype=torch.bool, device=keys.device)
     matched_out[pos_out[m]] = True
     matched_tgt = torch.zeros(n_tgt, dtype=torch.bool, device=keys.device)
@@ -84,8 +92,10 @@ def readout_chi2(keys_out: torch.Tensor, adc_out: torch.Tensor, keys_target: tor
               "unmatched_target": int((~matched_tgt).sum())}
     if unmatched == "threshold":
         thr = threshold_adc() if adc_threshold is None else float(adc_threshold)
-        chi2 = chi2 + (torch.clamp(adc_out[~matched_out] - thr, min=0.0) / sigma).pow(2).sum()
-        chi2 = chi2 + (torch.clamp(adc_target[~matched_tgt] - thr, min=0.0) / sigma).pow(2).sum()
+        sigma_guess = sigma_target.median() if per_readout else sigma
+        sigma_tgt = sigma_target[~matched_tgt] if per_readout else sigma
+        chi2 = chi2 + (torch.clamp(adc_out[~matched_out] - thr, min=0.0) / sigma_guess).pow(2).sum()
+        chi2 = chi2 + (torch.clamp(adc_target[~matched_tgt] - thr, min=0.0) / sigma_tgt).pow(2).sum()
     return chi2, counts
 
 

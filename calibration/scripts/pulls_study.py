@@ -9,9 +9,10 @@ total χ²).  The summary (``OUT/pulls_study.json``) holds per parameter: the fi
 the pulls (fitted − target)/sigma with their mean and RMS, the spread (standard deviation) of the fitted values
 and the ratio mean(sigma)/spread; and per fit χ²/ndf with ndf = matched readouts − parameters.
 If the sigmas are right, the pulls are N(0, 1): mean ≈ 0 ± 1/√n, RMS ≈ 1 ± 1/√(2n), ratio ≈ 1.
-Only fits with a positive-definite Hessian (at a minimum) enter the pull statistics (``n_fits_posdef``).  The
-``scaled_*`` entries multiply the sigmas by √(mean χ²/ndf) (the PDG scale factor), for a noise model that
-underestimates the readout fluctuations.  ``--summarize-only`` recomputes the summary from existing fits.
+``--sigma-replicas N`` replaces the single noise-model σ by per-readout σ from N noisy replicas of the guess
+(``calibration/readout_sigma.py``).  Only fits with a positive-definite Hessian (at a minimum) enter the pull
+statistics (``n_fits_posdef``).  The ``scaled_*`` entries multiply the sigmas by √(mean χ²/ndf) (the PDG scale
+factor), for a noise model that underestimates the readout fluctuations.  ``--summarize-only`` recomputes the summary from existing fits.
 """
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--polish", type=int, default=5)
     p.add_argument("--loss-opt", nargs="+", default=[], help="chi2 options, e.g. unmatched=threshold max_dt=1.0")
+    p.add_argument("--sigma-replicas", type=int, default=0,
+                   help="per-readout sigma_ADC from N noisy replicas of the guess (fit option --sigma-replicas)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--summarize-only", action="store_true",
                    help="recompute the summary from OUT/noise<k>/result.json without fitting")
@@ -49,7 +52,8 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     summary = {"input": os.path.abspath(args.input), "params": args.params, "closure_seed": args.closure_seed,
                "ntracks": args.ntracks, "track_seed": args.track_seed, "iterations": args.iterations,
-               "polish": args.polish, "loss": "chi2", "loss_opt": args.loss_opt, "fits": []}
+               "polish": args.polish, "loss": "chi2", "loss_opt": args.loss_opt, "sigma_replicas": args.sigma_replicas,
+               "extra": args.extra, "fits": []}
     t_all = time.perf_counter()
     for seed in args.seeds:
         out = os.path.join(args.out, f"noise{seed}")
@@ -60,6 +64,8 @@ def main(argv=None) -> int:
                     "--no-plots", "--threads", str(args.threads), "--checkpoint-every", "100000"]
         if args.loss_opt:
             argv_fit += ["--loss-opt", *args.loss_opt]
+        if args.sigma_replicas:
+            argv_fit += ["--sigma-replicas", str(args.sigma_replicas)]
         argv_fit += args.extra
         rc = 0 if args.summarize_only else fit_main(argv_fit)
         if rc != 0:
