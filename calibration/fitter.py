@@ -361,6 +361,7 @@ class Fitter:
             n_eval[0] += 1
             return loss.detach() + (grad.detach() * out).sum() + 0.5 * kappa * out.pow(2).sum()
         losses = []
+        stop = "steps done"
         for k in range(cfg.polish_lbfgs):
             values = ps.physical_values([theta[i] for i in range(theta.numel())])
             loss = opt.step(closure)
@@ -374,13 +375,18 @@ class Fitter:
                            {s.name: float(kwargs["lr"]) for s in ps})
             losses.append(float(loss))
             if not all(math.isfinite(g) for g in grads):
+                stop = "non-finite gradient"
+                break
+            if len(losses) >= 2 and losses[-1] >= losses[-2]:
+                stop = "no decrease over a whole step"     # (opt.step returns the loss at the start of the step)
                 break
             if cfg.polish_max_wall_s is not None and time.perf_counter() - t0 > cfg.polish_max_wall_s:
+                stop = "polish wall time"
                 break
         with torch.no_grad():
             for i, leaf in enumerate(leaves):
                 leaf.copy_(theta[i].detach())
-        return {"steps": len(losses), "evaluations": n_eval[0], "losses": losses,
+        return {"steps": len(losses), "evaluations": n_eval[0], "losses": losses, "stopped": stop,
                 "wall_time_s": time.perf_counter() - t0, "kwargs": kwargs}
 
     # ------------------------------------------------------------------ end of fit
