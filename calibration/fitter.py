@@ -328,66 +328,91 @@ class Fitter:
     def _polish(self, leaves: List[torch.Tensor], history: History, it: int) -> Dict[str, Any]:
         """L-BFGS (strong-Wolfe line search) on the full deterministic objective (every batch), after the loop.
 
-        Evaluations are at the point clamped into the bounds (the line search may probe outside them; the
-        objective is continued outside by a steep quadratic, see ``closure``).
+        Bounds by an active set: a parameter at a bound whose gradient pushes it outwards is held there and the
+        L-BFGS runs over the others; when the gradient turns inwards it is released.  Each change of the active
+        set, and each step that had to be projected back into the bounds, restarts the L-BFGS memory (its
+        curvature pairs describe the unprojected path).  Inside a step the line search may still probe outside
+        the bounds: there the objective is continued by a steep quadratic (see ``closure``).  Stops after
+        ``polish_lbfgs`` steps, when a step brings no decrease, or after ``polish_max_wall_s``.
         Not checkpointed: a resumed fit that had finished its loop redoes the polish from the final checkpoint
         (deterministic, so the result is the same).  Each polish step is recorded in the history with batch −1;
-        its gradients are those of the full objective.  Bounds are applied after each step.
+        its gradients are those of the full objective.
         """
         cfg = self.config
         ps = self.paramset
         t0 = time.perf_counter()
-        theta = torch.stack([leaf.detach().reshape(()) for leaf in leaves]).clone().requires_grad_(True)
+        theta = torch.stack([leaf.detach().reshape(()) for leaf in leaves]).clone()
         kwargs = {"lr": 1.0, "max_iter": 20, "line_search_fn": "strong_wolfe", "tolerance_grad": 1e-12,
                   "tolerance_change": 1e-15, "history_size": 20, **cfg.polish_kwargs}
-        opt = torch.optim.LBFGS([theta], **kwargs)
-        n_eval = [0]
-
         lo = torch.tensor([(spec.internal_bounds() or (-math.inf, math.inf))[0] for spec in ps],
                           dtype=theta.dtype, device=theta.device)
         hi = torch.tensor([(spec.internal_bounds() or (-math.inf, math.inf))[1] for spec in ps],
                           dtype=theta.dtype, device=theta.device)
+        n_eval = [0]
+        last = {}
 
-        def closure():
-            # the line search may probe outside the bounds (even unphysical values).  There the objective is
-            # continued from the clamped point c: f(c) + g(c)·(θ − c) + ½κ|θ − c|² (C¹, steep, pulls back inside);
-            # κ = 10⁴·(|f(c)| + 10⁻³⁰⁰) per internal unit²
-            opt.zero_grad()
-            point = torch.minimum(torch.maximum(theta.detach(), lo), hi)
-            loss, grad = self.evaluate(point)
-            out = theta.detach() - point
-            kappa = 1e4 * (abs(float(loss)) + 1e-300)
-            theta.grad = grad.detach() + kappa * out
-            n_eval[0] += 1
-            return loss.detach() + (grad.detach() * out).sum() + 0.5 * kappa * out.pow(2).sum()
-        losses = []
+        def full(point):
+            """(loss, gradient) of the full objective, the last point remembered (steps end where they looked)."""
+            key = point.detach().cpu().numpy().tobytes()
+            if key not in last:
+                last.clear()
+                last[key] = self.evaluate(point)
+                n_eval[0] += 1
+            return last[key]
+
+        losses, restarts = [], 0
         stop = "steps done"
+        opt, free, x = None, None, None
         for k in range(cfg.polish_lbfgs):
+            loss_here, grad_here = full(theta)
+            held = ((theta <= lo) & (grad_here > 0)) | ((theta >= hi) & (grad_here < 0))
+            if bool(held.all()):
+                stop = "every parameter held at a bound"
+                break
+            if opt is None or not torch.equal(~held, free):
+                free = ~held
+                x = theta[free].clone().requires_grad_(True)
+                opt = torch.optim.LBFGS([x], **kwargs)
+                restarts += 1
+
+            def closure():
+                # outside the bounds the objective is continued from the clamped point c:
+                # f(c) + g(c)·(θ − c) + ½κ|θ − c|² (C¹, steep, pulls back inside); κ = 10⁴·(|f(c)| + 10⁻³⁰⁰)
+                opt.zero_grad()
+                probe = theta.clone()
+                probe[free] = x.detach()
+                point = torch.minimum(torch.maximum(probe, lo), hi)
+                loss, grad = full(point)
+                out = (probe - point)[free]
+                kappa = 1e4 * (abs(float(loss)) + 1e-300)
+                x.grad = grad[free].detach() + kappa * out
+                return loss.detach() + (grad[free].detach() * out).sum() + 0.5 * kappa * out.pow(2).sum()
+
             values = ps.physical_values([theta[i] for i in range(theta.numel())])
             loss = opt.step(closure)
-            with torch.no_grad():
-                for i, spec in enumerate(ps):
-                    ib = spec.internal_bounds()
-                    if ib is not None:
-                        theta[i].clamp_(ib[0], ib[1])
-            grads = [float(g) for g in (theta.grad if theta.grad is not None else torch.zeros_like(theta))]
+            moved = theta.clone()
+            moved[free] = x.detach()
+            theta = torch.minimum(torch.maximum(moved, lo), hi)
+            if not torch.equal(theta, moved):
+                opt = None                                   # projected: restart the memory
+            losses.append(float(loss))
+            grads = [float(g) for g in grad_here]
             history.append(it + k, float(loss), -1, values, dict(zip(ps.names, grads)),
                            {s.name: float(kwargs["lr"]) for s in ps})
-            losses.append(float(loss))
-            if not all(math.isfinite(g) for g in grads):
-                stop = "non-finite gradient"
+            if not all(math.isfinite(g) for g in grads) or not math.isfinite(float(loss)):
+                stop = "non-finite loss or gradient"
                 break
-            if len(losses) >= 2 and losses[-1] >= losses[-2]:
-                stop = "no decrease over a whole step"     # (opt.step returns the loss at the start of the step)
+            if opt is not None and float(full(theta)[0]) >= float(loss_here):
+                stop = "no decrease over a whole step"
                 break
             if cfg.polish_max_wall_s is not None and time.perf_counter() - t0 > cfg.polish_max_wall_s:
                 stop = "polish wall time"
                 break
         with torch.no_grad():
             for i, leaf in enumerate(leaves):
-                leaf.copy_(theta[i].detach())
+                leaf.copy_(theta[i])
         return {"steps": len(losses), "evaluations": n_eval[0], "losses": losses, "stopped": stop,
-                "wall_time_s": time.perf_counter() - t0, "kwargs": kwargs}
+                "lbfgs_starts": restarts, "wall_time_s": time.perf_counter() - t0, "kwargs": kwargs}
 
     # ------------------------------------------------------------------ end of fit
     def _finish(self, leaves, history: History, iterations: int, wall: float, history_name: str,

@@ -130,6 +130,23 @@ def test_polish_line_search_outside_bounds_is_clamped():
     assert abs(result["params"]["Ab"]["fitted"] / 0.87 - 1) < 1e-3
 
 
+def test_polish_holds_a_parameter_at_its_bound_and_fits_the_rest():
+    # target Ab outside its bounds: the polish must end with Ab held exactly at the bound and eField at its best
+    # value given that Ab (the minimum of the same fit with Ab fixed there), not stall at the first projection
+    specs = [ParamSpec("Ab", lr=0.02, bounds=(0.78, 0.85)), ParamSpec("eField", lr=0.02, bounds=(0.40, 0.60))]
+    target = {"Ab": 0.87, "eField": 0.46}
+    f = _toy_fitter(specs, target, iterations=0, polish_lbfgs=15, hessian=False)
+    result = f.run()
+    assert result["params"]["Ab"]["fitted"] == pytest.approx(0.85, abs=1e-12)
+    assert result["polish"]["lbfgs_starts"] >= 2          # the active set changed once Ab reached its bound
+    ps_one = ParamSet([ParamSpec("eField", lr=0.02, bounds=(0.40, 0.60))])
+    one = Fitter(ps_one, ToyForward(waveforms=True), HitsLoss("mse"), row_batches(make_toy_tracks(4, seed=1), 2),
+                 FitConfig(iterations=0, polish_lbfgs=15, progress=False, plots=False, hessian=False),
+                 target_values=target, fixed={"Ab": 0.85}).run()
+    assert result["params"]["eField"]["fitted"] == pytest.approx(one["params"]["eField"]["fitted"], rel=1e-6)
+    assert result["params"]["eField"]["fitted"] != pytest.approx(0.46, rel=1e-3)   # it compensates Ab
+
+
 # --------------------------------------------------------------------------- χ² sum mode, degeneracy
 class _Chi2Half:
     """χ²-flagged toy loss: Σ ((adc_g − adc_t)/0.5)² per unit (the toy's noise RMS is 0.5 ADC)."""
