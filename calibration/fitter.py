@@ -328,10 +328,11 @@ class Fitter:
     def _polish(self, leaves: List[torch.Tensor], history: History, it: int) -> Dict[str, Any]:
         """L-BFGS (strong-Wolfe line search) on the full deterministic objective (every batch), after the loop.
 
-        Bounds by an active set: a parameter at a bound whose gradient pushes it outwards is held there and the
-        L-BFGS runs over the others; when the gradient turns inwards it is released.  Each change of the active
-        set, and each step that had to be projected back into the bounds, restarts the L-BFGS memory (its
-        curvature pairs describe the unprojected path).  Inside a step the line search may still probe outside
+        Bounds by an active set: a parameter at a bound whose gradient pushes it outwards, or that a step had to
+        project back onto a bound, is held there and the L-BFGS runs over the others; once that reduced problem
+        stops decreasing, the held parameters whose gradient points inwards are released.  Each change of the
+        active set restarts the L-BFGS memory (its curvature pairs describe the other subspace), and holding
+        until the reduced problem has converged keeps a parameter from cycling between bound and interior.  Inside a step the line search may still probe outside
         the bounds: there the objective is continued by a steep quadratic (see ``closure``).  Stops after
         ``polish_lbfgs`` steps, when a step brings no decrease, or after ``polish_max_wall_s``.
         Not checkpointed: a resumed fit that had finished its loop redoes the polish from the final checkpoint
@@ -362,15 +363,15 @@ class Fitter:
 
         losses, restarts = [], 0
         stop = "steps done"
-        opt, free, x = None, None, None
+        loss_here, grad_here = full(theta)
+        held = ((theta <= lo) & (grad_here > 0)) | ((theta >= hi) & (grad_here < 0))
+        opt, x = None, None
         for k in range(cfg.polish_lbfgs):
-            loss_here, grad_here = full(theta)
-            held = ((theta <= lo) & (grad_here > 0)) | ((theta >= hi) & (grad_here < 0))
-            if bool(held.all()):
+            free = ~held
+            if not bool(free.any()):
                 stop = "every parameter held at a bound"
                 break
-            if opt is None or not torch.equal(~held, free):
-                free = ~held
+            if opt is None:
                 x = theta[free].clone().requires_grad_(True)
                 opt = torch.optim.LBFGS([x], **kwargs)
                 restarts += 1
@@ -393,18 +394,27 @@ class Fitter:
             moved = theta.clone()
             moved[free] = x.detach()
             theta = torch.minimum(torch.maximum(moved, lo), hi)
-            if not torch.equal(theta, moved):
-                opt = None                                   # projected: restart the memory
             losses.append(float(loss))
             grads = [float(g) for g in grad_here]
             history.append(it + k, float(loss), -1, values, dict(zip(ps.names, grads)),
                            {s.name: float(kwargs["lr"]) for s in ps})
-            if not all(math.isfinite(g) for g in grads) or not math.isfinite(float(loss)):
+            previous = loss_here
+            loss_here, grad_here = full(theta)
+            if not all(math.isfinite(g) for g in grads) or not math.isfinite(float(loss_here)):
                 stop = "non-finite loss or gradient"
                 break
-            if opt is not None and float(full(theta)[0]) >= float(loss_here):
-                stop = "no decrease over a whole step"
-                break
+            projected = theta != moved
+            if bool(projected.any()):
+                held = held | projected                    # reached a bound: hold it, restart the memory
+                opt = None
+            elif float(loss_here) >= float(previous):
+                # converged on the free parameters: release the held ones whose gradient now points inwards
+                release = held & (((theta <= lo) & (grad_here < 0)) | ((theta >= hi) & (grad_here > 0)))
+                if not bool(release.any()):
+                    stop = "no decrease over a whole step"
+                    break
+                held = held & ~release
+                opt = None
             if cfg.polish_max_wall_s is not None and time.perf_counter() - t0 > cfg.polish_max_wall_s:
                 stop = "polish wall time"
                 break
