@@ -120,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the loop, N L-BFGS steps (strong Wolfe, ≤20 inner iterations each) on the full "
                         "objective (all batches); for deterministic (noise-free guess) fits")
     g.add_argument("--polish-kwargs", default="{}", help="JSON kwargs of torch.optim.LBFGS for the polish")
+    g.add_argument("--polish-ftol", type=float, default=1e-12,
+                   help="the polish has converged when a step lowers the loss by <= FTOL*max(|loss|, 1)")
     g.add_argument("--polish-max-wall", type=float, default=None, metavar="S",
                    help="no new polish step after S seconds of polishing")
     g.add_argument("--max-wall", type=float, default=None, metavar="S",
@@ -234,7 +236,8 @@ def cmd_fit(args) -> int:
             history_format=args.history_format, stop_after=args.stop_after, hessian=not args.no_hessian,
             hessian_step=args.hessian_step, errordef_up=args.errordef, plots=not args.no_plots,
             polish_lbfgs=args.polish_lbfgs, polish_kwargs=json.loads(args.polish_kwargs), max_wall_s=args.max_wall,
-            polish_max_wall_s=args.polish_max_wall, sigma_replicas=args.sigma_replicas)
+            polish_max_wall_s=args.polish_max_wall, polish_ftol=args.polish_ftol,
+            sigma_replicas=args.sigma_replicas)
         targets = None
         if args.target_file:
             targets = targets_from_file(args.target_file, [dist.shard(b) for b in batches], dtype, device)

@@ -59,6 +59,7 @@ class FitConfig:
     polish_kwargs: Dict[str, Any] = field(default_factory=dict)   # torch.optim.LBFGS kwargs for the polish
     max_wall_s: Optional[float] = None          # leave the main loop once this much wall time is spent
     polish_max_wall_s: Optional[float] = None   # no new polish step once the polish has run this long
+    polish_ftol: float = 1e-12                  # polish converged when a step lowers the loss by <= ftol*max(|f|, 1)
     sigma_replicas: int = 0                     # χ² loss: per-readout σ_ADC from this many noisy replicas of the
                                                 # guess at the initial values (readout_sigma.py); 0 = noise model
 
@@ -332,9 +333,11 @@ class Fitter:
         project back onto a bound, is held there and the L-BFGS runs over the others; once that reduced problem
         stops decreasing, the held parameters whose gradient points inwards are released.  Each change of the
         active set restarts the L-BFGS memory (its curvature pairs describe the other subspace), and holding
-        until the reduced problem has converged keeps a parameter from cycling between bound and interior.  Inside a step the line search may still probe outside
-        the bounds: there the objective is continued by a steep quadratic (see ``closure``).  Stops after
-        ``polish_lbfgs`` steps, when a step brings no decrease, or after ``polish_max_wall_s``.
+        until the reduced problem has converged keeps a parameter from cycling between bound and interior.
+        Inside a step the line search may still probe outside the bounds: there the objective is continued by a
+        steep quadratic (see ``closure``).  Stops after ``polish_lbfgs`` steps, when a step lowers the loss by no
+        more than ``polish_ftol``·max(|f|, 1) and no held parameter can be released, or after
+        ``polish_max_wall_s``.
         Not checkpointed: a resumed fit that had finished its loop redoes the polish from the final checkpoint
         (deterministic, so the result is the same).  Each polish step is recorded in the history with batch −1;
         its gradients are those of the full objective.
@@ -407,11 +410,12 @@ class Fitter:
             if bool(projected.any()):
                 held = held | projected                    # reached a bound: hold it, restart the memory
                 opt = None
-            elif float(loss_here) >= float(previous):
-                # converged on the free parameters: release the held ones whose gradient now points inwards
+            elif float(previous) - float(loss_here) <= cfg.polish_ftol * max(abs(float(previous)), abs(float(loss_here)), 1.0):
+                # converged on the free parameters (scipy's ftol test): release the held ones whose gradient now
+                # points inwards
                 release = held & (((theta <= lo) & (grad_here < 0)) | ((theta >= hi) & (grad_here > 0)))
                 if not bool(release.any()):
-                    stop = "no decrease over a whole step"
+                    stop = "converged (decrease over a whole step <= polish_ftol)"
                     break
                 held = held & ~release
                 opt = None
