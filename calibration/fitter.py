@@ -122,8 +122,7 @@ class Fitter:
         if not self.loss_is_chi2:
             raise ValueError("sigma_replicas needs the chi2 loss")
         from .readout_sigma import replica_sigma, with_readout_sigma
-        leaves = self.paramset.make_leaves(self.initial_values, dtype=self.dtype, device=self.device)
-        params = self.paramset.build_params(leaves, self.base)
+        params = self.base.replace(**self.initial_values)
         max_dt = getattr(self.loss_fn, "options", {}).get("max_dt", 1.0)
         sigmas = []
         for b, batch in enumerate(self.local_batches):

@@ -15,6 +15,16 @@ from typing import Optional
 import torch
 
 
+def union_difference(keys_out: torch.Tensor, values_out: torch.Tensor, keys_target: torch.Tensor,
+                     values_target: torch.Tensor) -> torch.Tensor:
+    """out − target on the union of the keys [U] (duplicate keys summed; a key absent from one side is 0 there)."""
+    union, inverse = torch.unique(torch.cat([keys_out, keys_target], dim=0), dim=0, return_inverse=True)
+    diff = torch.zeros(union.shape[0], dtype=values_out.dtype, device=values_out.device)
+    n_out = keys_out.shape[0]
+    diff = diff.index_add(0, inverse[:n_out], values_out)
+    return diff.index_add(0, inverse[n_out:], -values_target.to(values_out.dtype))
+
+
 def waveform_mse(keys_out: torch.Tensor, values_out: torch.Tensor, keys_target: torch.Tensor,
                  values_target: torch.Tensor, scale: Optional[float] = None) -> torch.Tensor:
     """Σ over the union of keys of ((out − target)/scale)², divided by the number of target keys.
@@ -25,14 +35,9 @@ def waveform_mse(keys_out: torch.Tensor, values_out: torch.Tensor, keys_target: 
     divides by max(number of target keys, 1).  The value depends on the guess only through its values: adding
     keys with zero charge to the guess does not change it.
     """
-    keys = torch.cat([keys_out, keys_target], dim=0)
-    if keys.shape[0] == 0:
+    if keys_out.shape[0] + keys_target.shape[0] == 0:
         return values_out.sum() * 0.0
-    union, inverse = torch.unique(keys, dim=0, return_inverse=True)
-    diff = torch.zeros(union.shape[0], dtype=values_out.dtype, device=values_out.device)
-    n_out = keys_out.shape[0]
-    diff = diff.index_add(0, inverse[:n_out], values_out)
-    diff = diff.index_add(0, inverse[n_out:], -values_target.to(values_out.dtype))
+    diff = union_difference(keys_out, values_out, keys_target, values_target)
     n_target = max(int(keys_target.shape[0]), 1)
     if scale is None:
         rms = values_target.detach().pow(2).mean().sqrt() if values_target.numel() else torch.tensor(0.0)

@@ -33,7 +33,7 @@ def main(argv=None) -> int:
     from calibration._io import write_json
     from calibration.cli import DTYPES, _data, _key_values, _loss, _paramset, _resolve_loss, _targets_and_init, build_parser
     from calibration.forward import call_forward
-    from calibration.losses import waveform_keys
+    from calibration.losses.waveform_mse import union_difference, waveform_keys
     from calibration.targets import simulate_targets
     fit = build_parser().parse_args(["fit", "--out", args.out + ".d", *fit_args])
     _resolve_loss(fit)
@@ -64,11 +64,9 @@ def main(argv=None) -> int:
                 if getattr(guess, "waveforms", None) is not None:
                     kg, vg = waveform_keys(guess.waveforms)
                     kt, vt = waveform_keys(target.waveforms)
-                    union, inverse = torch.unique(torch.cat([kg, kt]), dim=0, return_inverse=True)
-                    diff = torch.zeros(union.shape[0], dtype=vg.dtype, device=vg.device)
-                    diff = diff.index_add(0, inverse[:kg.shape[0]], vg).index_add(0, inverse[kg.shape[0]:], -vt)
+                    diff = union_difference(kg, vg, kt, vt)
                     sumsq += float(diff.pow(2).sum())
-                    n_union += int(union.shape[0])
+                    n_union += int(diff.shape[0])
                     n_target += int(kt.shape[0])
         row = {"s": float(s), "loss": total / max(n_units, 1), "values": ps.physical_values(list(theta)),
                "seconds": time.perf_counter() - t0}
