@@ -148,7 +148,10 @@ def hard_readout(charge: torch.Tensor, front_end: FrontEnd, noise: bool = False,
     span = front_end.integration_ticks
     while bool(active.any()):
         # running sum since the last reset: Σ q[position..k] + offset
-        running = cumulative - padded.gather(1, position[:, None]) + offset[:, None]
+        # finished pixels may sit past the last column (position ≤ width + 2): clamp only the gather index;
+        # they are masked out of `above` by `active`
+        start = torch.clamp(position, max=width)
+        running = cumulative - padded.gather(1, start[:, None]) + offset[:, None]
         probe = running
         if noise:
             probe = running + _normal(running.shape, charge, generator) * front_end.uncorrelated_noise

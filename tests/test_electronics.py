@@ -105,3 +105,20 @@ class TestHard:
         # larnd-sim reports linspace(0, 600, 6004)[c]: the crossing tick c (shifted by our leading empty column)
         ticks = data["adc_ticks_list"][reference > 74] * 6003 / 600
         assert np.allclose(crossing.numpy()[valid.numpy()] - 1, ticks, atol=1e-6)
+
+    def test_noise_long_pulses_every_pixel_state(self):
+        # long pulses (steep tracks), noise triggers anywhere up to the last tick: pixels finish at different
+        # iterations, some one or more ticks past their last column, while others continue (used to crash)
+        generator = torch.Generator().manual_seed(0)
+        n_pixels, width = 64, 330
+        q = torch.rand(n_pixels, width, dtype=torch.float64, generator=generator) * 900.0
+        q[::3, -40:] = 0.0
+        q[1::4, :] = 0.0            # noise-only pixels
+        for seed in range(40):
+            generator.manual_seed(seed)
+            adc, crossing, valid = hard_readout(q, FE, noise=True, generator=generator)
+            assert adc.shape == (n_pixels, FE.max_readouts)
+            assert bool((crossing[valid] <= width - 1).all()) and bool((crossing[valid] >= 0).all())
+            assert bool((adc[valid] >= FE.pedestal(hard=True)).all())
+            # slots fill from the first: no readout after an empty slot
+            assert bool((valid[:, 1:] <= valid[:, :-1]).all())
