@@ -1,0 +1,104 @@
+"""One error policy for the three command lines (``sparsetpc``, ``python -m calibration``, ``python -m validation``).
+
+Exit codes: 0 success; 1 only ``validation compare``'s "beyond tolerance"; 2 every expected failure (bad
+argument, unreadable/corrupt/non-finite input, unwritable output, the project's own exceptions); 130 interrupted.
+An expected failure prints one line on stderr, ``PROG: error: MESSAGE``; a traceback is shown only with
+``--debug``.  SIGTERM is turned into an exception so that atomic writers remove their temporary files.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import traceback
+from typing import Callable, Iterable, List, Optional
+
+from ..exceptions import SparseTPCError
+
+EXIT_OK = 0
+EXIT_BEYOND_TOLERANCE = 1
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class UsageError(SparseTPCError):
+    """A command-line argument has a value that cannot work (checked before any work starts)."""
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (a BaseException, like KeyboardInterrupt: cleanup runs)."""
+
+
+def _expected_errors() -> tuple:
+    kinds: List[type] = [SparseTPCError, OSError, ValueError, KeyError, EOFError]
+    try:
+        import yaml
+        kinds.append(yaml.YAMLError)
+    except ImportError:                      # pragma: no cover - pyyaml is a dependency
+        pass
+    import json
+    kinds.append(json.JSONDecodeError)
+    return tuple(kinds)
+
+
+def describe(error: BaseException) -> str:
+    """One line naming the problem (the file when the exception carries one)."""
+    if isinstance(error, OSError) and error.filename is not None:
+        reason = error.strerror or str(error)
+        return f"{error.filename}: {reason}"
+    text = str(error) if str(error) else type(error).__name__
+    if isinstance(error, KeyError) and error.args:
+        text = f"missing key {error.args[0]!r}"
+    return " ".join(text.split())
+
+
+def _on_sigterm(signum, frame):                 # pragma: no cover - exercised through a subprocess test
+    raise Terminated()
+
+
+def run_guarded(prog: str, body: Callable[[], int], debug: bool = False,
+                extra_expected: Iterable[type] = ()) -> int:
+    """Run ``body()`` under the policy above and return the exit code."""
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:                          # not the main thread (e.g. inside a test runner's worker)
+        previous = None
+    try:
+        return int(body())
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM); no partial output was left", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no partial output was left", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except _expected_errors() + tuple(extra_expected) as error:
+        if debug or os.environ.get("SPARSETPC_DEBUG"):
+            traceback.print_exc()
+        print(f"{prog}: error: {describe(error)}", file=sys.stderr)
+        return EXIT_ERROR
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def check_output_path(path, inputs: Optional[Iterable] = None, option: str = "output") -> None:
+    """Refuse, before any work, an output that is an input, a directory, or in a directory we cannot write."""
+    from pathlib import Path
+    target = Path(path)
+    if target.exists() and target.is_dir():
+        raise UsageError(f"{option} {path} is a directory, not a file")
+    for other in inputs or ():
+        if other is None:
+            continue
+        try:
+            if target.exists() and Path(other).exists() and os.path.samefile(target, other):
+                raise UsageError(f"{option} {path} is the input file {other}: refusing to overwrite the input")
+        except OSError:
+            pass
+    parent = target.absolute().parent
+    existing = parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {option} {path}: directory {existing} is not writable")
