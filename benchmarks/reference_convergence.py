@@ -22,7 +22,7 @@ factor ``f``:
   to ≤ 7e-4 ADC).
 
 f = 1 is the reference itself (must reproduce the stored ADC); f = 2, 4, 8 converge to the continuum limit of
-the reference's physics.  The relaxed front end (sparsetpc.electronics.relaxed_readout, the reference's
+the reference's physics.  The relaxed front end (sparsetpc.electronics.reference_readout, the reference's
 algorithm) turns the waveforms into ADC/time per readout.  The same rows are simulated by sparsetpc
 (``reference_time_axis=True``) and both are compared, per pixel (total induced charge) and per readout.
 
@@ -520,8 +520,8 @@ def continuum_waveforms(case: dict, shape: str = "cloud", drift: str = "midpoint
 # ----------------------------------------------------------------------------------------------- readout
 def readout(wave: torch.Tensor, pedestal: float):
     """Relaxed front end -> adc [U,10] (pedestal where none), t [U,10] µs on the 0.1 µs axis (0 where none)."""
-    from sparsetpc.electronics import FrontEnd, relaxed_readout
-    adc, crossing, valid = relaxed_readout(wave, FrontEnd(), None)
+    from sparsetpc.electronics import FrontEnd, reference_readout
+    adc, crossing, valid = reference_readout(wave, FrontEnd(), None)
     adc = torch.where(valid, adc, torch.full_like(adc, pedestal))
     t = torch.where(valid, crossing * T_SAMPLING, torch.zeros_like(crossing))
     return adc.numpy(), t.numpy(), valid.numpy()

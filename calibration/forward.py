@@ -6,6 +6,7 @@ Any callable works; ``noise``/``seed`` are passed only when its signature accept
 from __future__ import annotations
 
 import inspect
+import torch
 from typing import Callable, Optional
 
 
@@ -42,7 +43,13 @@ class SimForward:
         self.return_waveforms = return_waveforms
 
     def __call__(self, params, segments, noise: bool = False, seed: Optional[int] = None):
-        kwargs = dict(return_waveforms=self.return_waveforms, noise=noise, seed=seed, mode=self.mode)
+        mode = self.mode
+        if noise and mode == "relaxed":
+            # relaxed is the expectation over the noise.  A noisy target is data, made by the hard front end; a
+            # noisy guess that must carry gradients uses the reference model's differentiable noisy front end.
+            wants_grad = torch.is_grad_enabled() and any(getattr(params, n).requires_grad for n in params.names())
+            mode = "reference" if wants_grad else "hard"
+        kwargs = dict(return_waveforms=self.return_waveforms, noise=noise, seed=seed, mode=mode)
         if self.memory_budget is not None:
             kwargs["memory_budget"] = self.memory_budget
         return self._simulate(segments, self.detector, params, **kwargs)

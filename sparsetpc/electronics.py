@@ -1,24 +1,29 @@
 """LArPix front-end electronics: self-trigger, hold/integration, reset and ADC (physics.md §2.7).
 
-Two modes on the same per-pixel charge waveforms (electrons per 0.1 µs tick):
+Three modes on the same per-pixel charge waveforms (electrons per 0.1 µs tick, column 0 empty):
 
-* ``relaxed`` — the differentiable front end of the reference model: cumulative charge, threshold crossing
-  time linearly interpolated between ticks (differentiable time), read of the cumulative charge at
-  ⌊crossing⌋ + 18 ticks (differentiable value), read charge removed (clamped at 0), up to 10 readouts,
-  float ADC with the +0.5 offset.  Differences from the reference: the *first* crossing of each pass is taken
-  (the reference lets the last duplicate win; without noise there is only one), and pixels that never cross
-  produce no readout instead of being integrated at tick 18.
-* ``hard`` — larnd-sim's non-differentiable ``fee.get_adc_values``: sequential walk, integration of ticks
-  c..c+18 on top of the running sum *counting the crossing tick twice* (larnd-sim's behaviour, not physics;
-  ``FrontEnd(double_count_crossing=False)`` counts it once), reset with a one-tick dead time, integer ADC
-  (round half to even, as numpy.around).
+* ``hard`` — larnd-sim's non-differentiable ``fee.get_adc_values``: sequential walk, trigger when the running
+  sum plus a per-tick 500 e⁻ noise draw reaches threshold, integration of ticks c..c+18 on top of the running sum
+  *counting the crossing tick twice* (larnd-sim's behaviour; ``FrontEnd(double_count_crossing=False)`` counts it
+  once), a 500 e⁻ read noise, reset with a one-tick dead time (plus the loop's own tick after a stored read),
+  integer ADC (round half to even, as numpy.around).  Data are simulated in this mode.
+* ``relaxed`` (default) — the **expectation of hard mode over its noise**, smooth in every parameter
+  (:func:`expected_readout`): the trigger tick is a first-passage distribution over ticks (per-tick hazard
+  Φ((running − thr)/σ_tick), the reset baseline integrated by Gauss–Hermite quadrature), the read value and the
+  crossing tick are their expectations given that the readout exists, and every readout carries its probability
+  of existing (``weight``), so readouts appear and disappear continuously at threshold.  No quantity a parameter
+  moves passes through a hard index.  ADC values are the expected ADC of hard mode (linear digitisation: with
+  ≈ 1 ADC of noise, E[round(x)] = x to 3e-3 counts).
+* ``reference`` — the differentiable reference model's front end (for parity with its outputs): cumulative
+  charge, threshold crossing linearly interpolated, read at ⌊crossing⌋ + 18, read charge removed, float ADC +0.5.
 
-Noise (optional, seeded through a ``torch.Generator``): reset noise 900 e⁻ on every reset, uncorrelated noise
-500 e⁻ on every read.
+Noise (hard and reference modes, seeded through a ``torch.Generator``): reset noise 900 e⁻ on every reset,
+uncorrelated noise 500 e⁻ on every read (and, in hard mode, on every tick's trigger decision).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Optional
 
 import torch
@@ -42,6 +47,9 @@ class FrontEnd:
     reset_noise: float = 900.0            # e⁻
     uncorrelated_noise: float = 500.0     # e⁻
     double_count_crossing: bool = True    # hard mode: larnd-sim adds the crossing tick twice
+    quadrature_nodes: int = 8             # relaxed mode: Gauss–Hermite nodes over the reset baseline
+    min_weight: float = 1e-9              # relaxed mode: readouts less probable than this are not reported
+    max_attempts: int = 4                 # relaxed mode: trigger attempts per slot (a failed read walks on)
 
     @property
     def integration_ticks(self) -> int:
@@ -52,16 +60,28 @@ class FrontEnd:
     def dead_ticks(self) -> int:
         return int(round(self.clock_cycle / self.tick))
 
-    def pedestal(self, hard: bool = False) -> float:
-        """ADC of zero charge: 74.3656 relaxed (float, +0.5), 74 hard (rounded)."""
+    def pedestal(self, hard: bool = False, mode: Optional[str] = None) -> float:
+        """ADC of zero charge: 74.3656 for the reference front end (float, +0.5), 74 hard (rounded),
+        73.8656 relaxed (the mean of hard mode's rounded value under noise)."""
+        if mode is not None:
+            return float(digitize(torch.zeros((), dtype=torch.float64), self, mode=mode))
         return float(digitize(torch.zeros((), dtype=torch.float64), self, hard=hard))
 
 
-def digitize(charge: torch.Tensor, front_end: FrontEnd, hard: bool = False) -> torch.Tensor:
-    """ADC counts of an integrated charge [e⁻].  Relaxed: float with +0.5; hard: rounded (half to even)."""
+def digitize(charge: torch.Tensor, front_end: FrontEnd, hard: bool = False, mode: Optional[str] = None) -> torch.Tensor:
+    """ADC counts of an integrated charge [e⁻].  ``mode``: ``reference`` float with +0.5 (also the default when
+    ``hard`` is False, for compatibility); ``hard`` rounded (half to even); ``relaxed`` linear (no offset, no
+    rounding: the mean of the rounded value under ≈ 1 ADC of noise)."""
+    if mode is None:
+        mode = "hard" if hard else "reference"
     volts = torch.clamp(charge * front_end.gain + front_end.v_pedestal - front_end.v_cm, min=0.0)
     counts = volts * front_end.adc_counts / (front_end.v_ref - front_end.v_cm)
-    counts = torch.round(counts) if hard else counts + 0.5
+    if mode == "hard":
+        counts = torch.round(counts)
+    elif mode == "reference":
+        counts = counts + 0.5
+    elif mode != "relaxed":
+        raise ValueError(f"unknown digitisation mode {mode!r}")
     return torch.clamp(counts, max=float(front_end.adc_counts))
 
 
@@ -71,13 +91,15 @@ def _normal(shape, like: torch.Tensor, generator: Optional[torch.Generator]) -> 
 
 def draw_readout_noise(n_pixels: int, front_end: FrontEnd, like: torch.Tensor,
                        generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Standard-normal draws [U, 1 + 2R] for :func:`relaxed_readout` (initial reset, then per pass: read, reset).
+    """Standard-normal draws [U, 1 + 2R] for :func:`reference_readout` (initial reset, then per pass: read, reset).
     Drawn up front so that a checkpointed recomputation sees the same noise."""
     return _normal((n_pixels, 1 + 2 * front_end.max_readouts), like, generator)
 
 
-def relaxed_readout(charge: torch.Tensor, front_end: FrontEnd, noise_draws: Optional[torch.Tensor] = None):
-    """Differentiable self-trigger on waveforms ``charge`` [U, W] (e⁻ per tick, column 0 empty).
+def reference_readout(charge: torch.Tensor, front_end: FrontEnd, noise_draws: Optional[torch.Tensor] = None):
+    """The differentiable reference model's self-trigger on waveforms ``charge`` [U, W] (e⁻ per tick, column 0
+    empty).  Its read index ⌊crossing⌋ + 18 is hard: smooth between index jumps only (use :func:`expected_readout`
+    for fits).
 
     ``noise_draws``: None (noise off) or the output of :func:`draw_readout_noise`.
     Returns ``adc`` [U, R] (float), ``crossing`` [U, R] (local tick, float, interpolated), ``valid`` [U, R].
@@ -123,6 +145,138 @@ def relaxed_readout(charge: torch.Tensor, front_end: FrontEnd, noise_draws: Opti
                 valids.append(torch.zeros_like(passed))
             break
     return torch.stack(adcs, 1), torch.stack(crossings, 1), torch.stack(valids, 1)
+
+
+def _gauss_hermite(n: int, like: torch.Tensor):
+    """Nodes and weights of E[g(Z)], Z ~ N(0, 1), by Gauss–Hermite quadrature (probabilists' form)."""
+    import numpy as np
+    nodes, weights = np.polynomial.hermite_e.hermegauss(int(n))
+    weights = weights / weights.sum()
+    return (torch.as_tensor(nodes, dtype=like.dtype, device=like.device),
+            torch.as_tensor(weights, dtype=like.dtype, device=like.device))
+
+
+def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
+                  nodes, node_weights, horizon_exposure):
+    """One trigger attempt of the hard walk from the continuous ``position`` [U] with a reset baseline of σ
+    ``sigma_baseline``: probabilities and probability-weighted sums of the stored (passed) and failed reads.
+
+    Hard mode starts at integer ticks; a fractional position n + φ is the mixture of the walks from n (weight
+    1 − φ) and n + 1 (weight φ), so every output is continuous in the position."""
+    dtype = cumulative.dtype
+    n_pixels, width = cumulative.shape
+    thr = front_end.threshold
+    sigma_tick = max(float(front_end.uncorrelated_noise), 1.0)
+    sigma_read = max(float(front_end.uncorrelated_noise), 1.0)
+    position = torch.clamp(position, min=0.0, max=float(width))
+    lower = torch.clamp(torch.floor(position.detach()).long(), max=width - 1)
+    fraction = position - lower.to(dtype)
+    start = torch.cat([lower, lower + 1])                                                       # [2U] integer
+    rows = torch.cat([torch.arange(n_pixels, device=start.device)] * 2)
+    base = padded[rows, start]                                                                 # C(start − 1)
+    exposed = columns_f[None, :] >= start.to(dtype)[:, None]                                   # [2U, W]
+    baseline = nodes * sigma_baseline                                                          # [M]
+    running = (cumulative[rows] - base[:, None])[:, :, None] + baseline                         # [2U, W, M]
+    exposure = torch.where(exposed, horizon_exposure[rows], torch.zeros_like(horizon_exposure[rows]))
+    log_survive = exposure[:, :, None] * torch.special.log_ndtr((thr - running) / sigma_tick)
+    survive_through = torch.cumsum(log_survive, dim=1)
+    first = torch.exp(survive_through - log_survive) * -torch.expm1(log_survive) * node_weights  # P(c = k, b)
+    value = (read_charge[rows] - base[:, None])[:, :, None] + baseline
+    z = (value - thr) / sigma_read
+    passes = torch.special.ndtr(z)
+    stored = first * passes
+    failed = first - stored
+    stored_value = first * (value * passes + sigma_read * torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi))
+    stored_column = stored.sum(dim=2)                                                           # [2U, W]
+    failed_column = failed.sum(dim=2)
+    outputs = torch.stack([stored_column.sum(dim=1), stored_value.sum(dim=(1, 2)),
+                           (stored_column * columns_f).sum(dim=1), (stored_column * end_f).sum(dim=1),
+                           failed_column.sum(dim=1), (failed_column * end_f).sum(dim=1)])       # [6, 2U]
+    mixed = outputs[:, :n_pixels] * (1.0 - fraction) + outputs[:, n_pixels:] * fraction
+    return tuple(mixed)
+
+
+def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optional[torch.Tensor] = None):
+    """The expectation of :func:`hard_readout` with noise, smooth in ``charge`` [U, W] (e⁻ per tick, column 0 empty).
+
+    A walk attempt starts at a continuous position p (0 for the first) with a reset baseline b ~ N(0, σ_b²)
+    (integrated over Gauss–Hermite nodes) and the running sum R_k = C_k − C(p−1) + b (C the cumulative charge).
+    Tick k ≥ p triggers with the hazard h_k = Φ((R_k − thr)/σ_tick) (σ_tick the per-tick uncorrelated noise).
+    First passage: P(c = k | b) = Π_{p≤j<k}(1 − h_j) · h_k; a fractional p = n + φ mixes the walks from n and
+    n + 1 with weights 1 − φ and φ (continuous in p; hard mode starts at integer ticks).  The read
+    value v = C_{min(k+18, W−1)} − C(p−1) + b (+ q_k when the crossing tick is double-counted) plus the read
+    noise passes with Φ((v − thr)/σ_read) (E[v + n | pass]: the truncated normal's mean).  A read that fails
+    restarts the walk in the same slot two ticks after its end with a 500 e⁻ baseline (further attempts while
+    their probability exceeds ``min_weight``, at most ``max_attempts``); a stored read starts the next slot at
+    min(c + 18, W − 1) + 3 with a 900 e⁻ baseline.  Positions are carried as their means (the one approximation
+    beyond quadrature).  Returned per readout: the probability that it exists (``weight``), the expected ADC and
+    crossing column given that it exists.
+
+    ``horizon`` [U] (optional, continuous column): the last column that may trigger; columns beyond it are
+    weighed out smoothly (exposure clamp(horizon + 1 − k, 0, 1)), so that the window over which noise may
+    trigger on a residual charge does not step with integer window ends.  Default: the whole window.
+
+    Returns ``adc`` [U, R], ``crossing`` [U, R] (column, float), ``valid`` [U, R] (weight ≥ min_weight),
+    ``weight`` [U, R].
+    """
+    n_pixels, width = charge.shape
+    dtype = charge.dtype
+    nodes, node_weights = _gauss_hermite(front_end.quadrature_nodes, charge)
+    columns = torch.arange(width, device=charge.device)
+    columns_f = columns.to(dtype)
+    cumulative = torch.cumsum(charge, dim=1)
+    padded = torch.cat([charge.new_zeros((n_pixels, 1)), cumulative], dim=1)  # padded[:, k] = C_{k−1}
+    end_column = torch.clamp(columns + front_end.integration_ticks, max=width - 1)
+    read_charge = cumulative[:, end_column]                                   # C_{min(k+18, W−1)}
+    if front_end.double_count_crossing:
+        read_charge = read_charge + charge
+    end_f = end_column.to(dtype)
+    if horizon is None:
+        horizon_exposure = charge.new_ones((n_pixels, width))
+    else:
+        horizon_exposure = torch.clamp(horizon.to(dtype)[:, None] + 1.0 - columns_f[None, :], 0.0, 1.0)
+    tiny = torch.finfo(dtype).tiny
+    position = charge.new_zeros(n_pixels)
+    chain = charge.new_ones(n_pixels)
+    adcs, crossings, weights = [], [], []
+    for _ in range(front_end.max_readouts):
+        start = position
+        sigma_baseline = float(front_end.reset_noise)
+        reach = charge.new_ones(n_pixels)           # probability of making this attempt (given the slot)
+        probability = charge.new_zeros(n_pixels)
+        sum_value = charge.new_zeros(n_pixels)
+        sum_crossing = charge.new_zeros(n_pixels)
+        sum_end = charge.new_zeros(n_pixels)
+        for _attempt in range(front_end.max_attempts):
+            p_pass, v_pass, c_pass, e_pass, p_fail, e_fail = _walk_attempt(
+                start, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
+                nodes, node_weights, horizon_exposure)
+            probability = probability + reach * p_pass
+            sum_value = sum_value + reach * v_pass
+            sum_crossing = sum_crossing + reach * c_pass
+            sum_end = sum_end + reach * e_pass
+            reach = reach * p_fail
+            if not bool(((chain * reach).detach() >= front_end.min_weight).any()):
+                break
+            start = e_fail / torch.clamp(p_fail, min=tiny) + 1.0 + front_end.dead_ticks
+            sigma_baseline = float(front_end.uncorrelated_noise)
+        safe = torch.clamp(probability, min=tiny)
+        chain = chain * probability
+        adcs.append(digitize(sum_value / safe, front_end, mode="relaxed"))
+        crossings.append(sum_crossing / safe)
+        weights.append(chain)
+        position = sum_end / safe + 1.0 + front_end.dead_ticks + 1.0
+        if not bool((chain.detach() >= front_end.min_weight).any()):
+            for _ in range(front_end.max_readouts - len(adcs)):
+                adcs.append(torch.zeros_like(chain))
+                crossings.append(torch.zeros_like(chain))
+                weights.append(torch.zeros_like(chain))
+            break
+    weight = torch.stack(weights, 1)
+    valid = weight.detach() >= front_end.min_weight
+    adc = torch.where(valid, torch.stack(adcs, 1), torch.zeros_like(weight))
+    crossing = torch.where(valid, torch.stack(crossings, 1), torch.zeros_like(weight))
+    return adc, crossing, valid, weight
 
 
 @torch.no_grad()
@@ -186,14 +340,25 @@ def hard_readout(charge: torch.Tensor, front_end: FrontEnd, noise: bool = False,
     return adc, crossing, valid
 
 
+MODES = ("relaxed", "hard", "reference")
+
+
 def readout(charge: torch.Tensor, front_end: FrontEnd, mode: str = "relaxed", noise: bool = False,
             generator: Optional[torch.Generator] = None):
+    """(adc, crossing, valid, weight) of ``charge`` [U, W] in ``mode`` (weight ≡ 1 outside relaxed mode)."""
     if mode == "relaxed":
+        if noise:
+            raise ValueError("relaxed mode is the expectation over the electronics noise: simulate noisy data "
+                             "with mode='hard', noise=True")
+        return expected_readout(charge, front_end)
+    if mode == "reference":
         draws = draw_readout_noise(charge.shape[0], front_end, charge, generator) if noise else None
-        return relaxed_readout(charge, front_end, draws)
-    if mode == "hard":
-        return hard_readout(charge, front_end, noise, generator)
-    raise ValueError(f"unknown electronics mode {mode!r}: 'relaxed' or 'hard'")
+        adc, crossing, valid = reference_readout(charge, front_end, draws)
+    elif mode == "hard":
+        adc, crossing, valid = hard_readout(charge, front_end, noise, generator)
+    else:
+        raise ValueError(f"unknown electronics mode {mode!r}: one of {', '.join(MODES)}")
+    return adc, crossing, valid, valid.to(charge.dtype)
 
 
 class Electronics(nn.Module):
@@ -205,4 +370,5 @@ class Electronics(nn.Module):
         self.mode = mode
 
     def forward(self, charge, noise: bool = False, generator=None):
+        """(adc, crossing, valid, weight), see :func:`readout`."""
         return readout(charge, self.front_end, self.mode, noise, generator)

@@ -26,7 +26,8 @@ class Hits:
 
     Tensors are 1-D with one entry per readout.  ``x``, ``y`` [cm] are pixel centres, ``t`` [µs] the
     threshold-crossing time (differentiable), ``adc`` the ADC value (float in relaxed mode, integer-valued
-    in hard mode; differentiable in relaxed mode), ``pixel`` the row of ``pixel_table`` (event, plane, ix, iy),
+    in hard mode; differentiable in relaxed mode, where it is the expected ADC given that the readout exists
+    and ``weight`` the probability that it does), ``pixel`` the row of ``pixel_table`` (event, plane, ix, iy),
     ``readout`` the readout slot.  ``waveforms``: optional :class:`sparsetpc.induction.Waveforms`.
     """
 
@@ -43,9 +44,25 @@ class Hits:
     pixel_table: torch.Tensor          # [U, 4] int64 (event, plane, ix, iy)
     waveforms: Optional[object] = None
     n_skipped_segments: int = 0        # segments outside every drift volume (no charge)
+    weight: Optional[torch.Tensor] = None  # probability that each readout exists (relaxed mode); None = all 1
 
     def __len__(self) -> int:
         return int(self.adc.shape[0])
+
+    def select(self, mask: torch.Tensor) -> "Hits":
+        """The readouts where ``mask`` [N] is True (pixel_table and waveforms kept whole)."""
+        per_readout = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
+        picked = {name: getattr(self, name)[mask] for name in per_readout}
+        weight = None if self.weight is None else self.weight[mask]
+        return Hits(**picked, pixel_table=self.pixel_table, waveforms=self.waveforms,
+                    n_skipped_segments=self.n_skipped_segments, weight=weight)
+
+    def likely(self, threshold: float = 0.5) -> "Hits":
+        """The readouts more probable than ``threshold`` (all of them outside relaxed mode): the point cloud
+        for losses that take each readout as certain."""
+        if self.weight is None:
+            return self
+        return self.select(self.weight.detach() >= threshold)
 
     def to_numpy(self) -> np.ndarray:
         out = np.zeros(len(self), dtype=HIT_DTYPE)

@@ -51,7 +51,9 @@ _SIGMA_TIME_FLOOR = 1e-6   # µs; keeps the smeared response finite when long_di
 class InductionOptions:
     """Numerical options of the induction stage.
 
-    ``n_sigma_pad``: transverse reach (in σ_T) of a segment around a pad.  ``sample_spacing``: sample step along
+    ``n_sigma_pad``: transverse reach (in σ_T of the widest cloud of the parameter ranges) of a segment around a
+    pad.  ``n_sigma_late``: the near window ends n σ_t after the mean arrival.  ``tail_taper_ticks``: width of the
+    smooth step that brings each early tail in from its cut.  ``sample_spacing``: sample step along
     a segment in units of the local diffusion width (1.0 → quadrature error ≪ 1e-6).  ``max_sample_step`` cm.
     ``tail_tolerance``: relative size of the response tail dropped before each sample's window starts.
     ``reference_time_axis``: reproduce the differentiable reference's per-segment time axis (current evaluated at
@@ -59,7 +61,9 @@ class InductionOptions:
     (physically the current is evaluated at the tick times).  Only for parity studies.
     """
 
-    n_sigma_pad: float = 5.0
+    n_sigma_pad: float = 6.0
+    n_sigma_late: float = 8.0
+    tail_taper_ticks: float = 3.0
     sample_spacing: float = 1.0
     max_sample_step: float = 0.05
     tail_tolerance: float = 1e-5
@@ -264,6 +268,45 @@ def _elements(plan: SamplePlan, lo: int, hi: int, part: int):
     return owner, tick, flat
 
 
+def plan_diffusion(params: Params):
+    """(velocity, transverse, longitudinal diffusion) the sample grid is built for: the narrowest clouds of the
+    parameters' documented ranges (fastest drift, smallest coefficients), or the current values outside them."""
+    from .params import RANGES
+    velocity = torch.clamp(params.drift_velocity().detach(), min=RANGES["vdrift"][2])
+    tran = torch.clamp(params.tran_diff.detach(), max=RANGES["tran_diff"][1])
+    long = torch.clamp(params.long_diff.detach(), max=RANGES["long_diff"][1])
+    return velocity, tran, long
+
+
+def association_diffusion(params: Params):
+    """(velocity, transverse diffusion) the pad association margin is built for: the widest clouds of the
+    documented ranges (slowest drift, largest coefficient), or the current values outside them, so that the
+    (segment, pixel) pairs do not change while a fit moves the parameters inside their ranges."""
+    from .params import RANGES
+    velocity = torch.clamp(params.drift_velocity().detach(), max=RANGES["vdrift"][1])
+    tran = torch.clamp(params.tran_diff.detach(), min=RANGES["tran_diff"][2])
+    return velocity, tran
+
+
+def tail_cuts(mu, sigma_time, amplitude, fast, slow, eps: float):
+    """Times [µs] where the fast and slow components' early tails fall below ``eps`` of the sample's charge
+    (−inf for the slow one when its weight is below eps); the tails are tapered to zero there."""
+    slow_weight = torch.clamp(1.0 - amplitude, min=0.0)
+    end_fast = mu - sigma_time * (6.0 + sigma_time / fast)
+    end_slow = mu - sigma_time * (6.0 + sigma_time / slow)
+    fast_cut = end_fast - fast * math.log(1.0 / eps)
+    slow_reach = slow * torch.log(torch.clamp(slow_weight, min=eps) / eps)
+    slow_cut = torch.where(slow_weight > eps, end_slow - slow_reach, torch.full_like(slow, -math.inf))
+    return fast_cut, slow_cut
+
+
+def tail_taper(t: torch.Tensor, cut: torch.Tensor, width: float) -> torch.Tensor:
+    """Smooth step (C¹) from 0 at ``cut`` to 1 at ``cut + width``: a tail window's first tick then enters with
+    zero weight, so the loss does not step when a parameter moves the window by a tick."""
+    x = torch.clamp((t - cut) / width, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
 def exponential_tail(t: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """:func:`smeared_truncated_exponential` where t ≤ μ − σ(6 + σ/s): there Φ = 1 to 1e-9 and the response is
     the pure exponential exp((t − μ)/s + σ²/2s²)/s."""
@@ -271,13 +314,15 @@ def exponential_tail(t: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, sca
 
 
 def _chunk_charge(lo: int, hi: int, plan: SamplePlan, pairs: Pairs, segments: SegmentState, params: Params,
-                  detector: Detector, backend: str, *grad_inputs):
+                  detector: Detector, backend: str, options: "InductionOptions", *grad_inputs):
     """Charge per tick [flat buffer] induced by samples [lo, hi).  ``grad_inputs`` only registers the tensors
     that carry gradients with the checkpoint; the computation reads them through the data carriers."""
     rows = plan.pair[lo:hi]
     charge, mu, sigma_time, amplitude, fast, slow = _sample_state(
         plan.u[lo:hi], plan.weight[lo:hi], rows, pairs, segments, params, detector)
     shift = segments.time_shift[pairs.segment[rows]]
+    fast_cut, slow_cut = tail_cuts(mu, sigma_time, amplitude, fast, slow, options.tail_tolerance)
+    taper_width = options.tail_taper_ticks * detector.tick
     values, positions = [], []
     for part in range(3):
         owner, tick, flat = _elements(plan, lo, hi, part)
@@ -288,10 +333,11 @@ def _chunk_charge(lo: int, hi: int, plan: SamplePlan, pairs: Pairs, segments: Se
         if part == 0:     # near the arrival: both components, exact smeared form
             response = a * smeared_truncated_exponential(t, m, s, fast[owner])
             response = response + (1.0 - a) * smeared_truncated_exponential(t, m, s, slow[owner])
-        elif part == 1:   # early tail of the fast component
-            response = a * exponential_tail(t, m, s, fast[owner])
-        else:             # early tail of the slow component
-            response = (1.0 - a) * exponential_tail(t, m, s, slow[owner])
+        elif part == 1:   # early tail of the fast component, tapered in from its cut
+            response = a * exponential_tail(t, m, s, fast[owner]) * tail_taper(t, fast_cut[owner], taper_width)
+        else:             # early tail of the slow component, tapered in from its cut
+            cut = torch.where(torch.isfinite(slow_cut[owner]), slow_cut[owner], t - taper_width)
+            response = (1.0 - a) * exponential_tail(t, m, s, slow[owner]) * tail_taper(t, cut, taper_width)
         values.append(charge[owner] * detector.tick * response)
         positions.append(flat)
     if not values:
@@ -336,8 +382,11 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     seg_z_anode = segments.z_anode.detach()
     near = torch.minimum(drift_stage.drift_distance(seg_start[:, 2], seg_z_anode),
                          drift_stage.drift_distance(seg_start[:, 2] + seg_delta[:, 2], seg_z_anode))
-    sigma_t = drift_stage.diffusion_sigma(near, velocity, detached.tran_diff)
-    sigma_l = torch.clamp(drift_stage.diffusion_sigma(near, velocity, detached.long_diff), min=float(velocity) * 0.01)
+    # The node grid must not move while a fit varies the parameters (a changed node count is a step in the
+    # loss): it is built for the narrowest clouds of the documented ranges (or narrower, outside them).
+    grid_velocity, grid_tran, grid_long = plan_diffusion(detached)
+    sigma_t = drift_stage.diffusion_sigma(near, grid_velocity, grid_tran)
+    sigma_l = torch.clamp(drift_stage.diffusion_sigma(near, grid_velocity, grid_long), min=float(grid_velocity) * 0.01)
     transverse = torch.maximum(seg_direction[:, 0].abs(), seg_direction[:, 1].abs())
     step = torch.full_like(seg_length, options.max_sample_step)
     step = torch.minimum(step, options.sample_spacing * sigma_t / torch.clamp(transverse, min=1e-12))
@@ -373,12 +422,10 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     end_fast = mu - sigma_time * (6.0 + sigma_time / fast)
     end_slow = mu - sigma_time * (6.0 + sigma_time / slow)
     near_first = torch.floor((torch.minimum(end_fast, end_slow) - shift) / detector.tick).long() + 1
-    near_last = torch.floor((mu + 6.0 * sigma_time - shift) / detector.tick).long()
-    fast_first = torch.ceil((end_fast - fast * math.log(1.0 / eps) - shift) / detector.tick).long()
-    slow_reach = torch.where(slow_weight > eps, slow * torch.log(torch.clamp(slow_weight, min=eps) / eps),
-                             torch.full_like(slow, -math.inf))
-    slow_first = torch.where(slow_weight > eps,
-                             torch.ceil((end_slow - slow_reach - shift) / detector.tick),
+    near_last = torch.floor((mu + options.n_sigma_late * sigma_time - shift) / detector.tick).long()
+    fast_cut, slow_cut = tail_cuts(mu, sigma_time, amplitude, fast, slow, eps)
+    fast_first = torch.ceil((fast_cut - shift) / detector.tick).long()
+    slow_first = torch.where(torch.isfinite(slow_cut), torch.ceil((slow_cut - shift) / detector.tick),
                              (near_first + 1).to(dtype)).long()
     first_tick = torch.stack([near_first, fast_first, slow_first], dim=1)
     last_tick = torch.stack([near_last, near_first - 1, near_first - 1], dim=1)
@@ -448,13 +495,32 @@ def induce(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segments: S
     for lo, hi in bounds:
         if use_checkpoint:
             part = torch.utils.checkpoint.checkpoint(_chunk_charge, lo, hi, plan, pairs, segments, params, detector,
-                                                     backend, *grad_inputs, use_reentrant=False)
+                                                     backend, options, *grad_inputs, use_reentrant=False)
         else:
-            part = _chunk_charge(lo, hi, plan, pairs, segments, params, detector, backend)
+            part = _chunk_charge(lo, hi, plan, pairs, segments, params, detector, backend, options)
         buffer = buffer + part
         if progress is not None:
             progress(hi - lo)
     return buffer, plan
+
+
+def pixel_horizon(plan: SamplePlan, pairs: Pairs, segments: SegmentState, params: Params, detector: Detector,
+                  options: InductionOptions) -> torch.Tensor:
+    """Last column [U] (continuous, differentiable) at which a pixel's window may trigger: the latest sample's
+    μ + n_late·σ_t plus the integration ticks.  The relaxed front end weighs ticks beyond it out smoothly, so
+    the number of ticks in which noise may trigger on a residual charge does not step with the parameters."""
+    n_pixels = plan.pixel_width.numel()
+    dtype = segments.start.dtype
+    if plan.pair.numel() == 0:
+        return torch.full((n_pixels,), -1.0, dtype=dtype, device=segments.start.device)
+    _, mu, sigma_time, _, _, _ = _sample_state(plan.u, plan.weight, plan.pair, pairs, segments, params, detector)
+    shift = segments.time_shift[pairs.segment[plan.pair]]
+    last = (mu + options.n_sigma_late * sigma_time - shift) / detector.tick
+    pixel = plan.pixel_of_pair[plan.pair]
+    horizon = torch.full((n_pixels,), -1e30, dtype=dtype, device=last.device).scatter_reduce(
+        0, pixel, last, "amax", include_self=False)
+    # ∈ [W − 2, W − 1): the partially exposed column is always inside the window (W = hi − start + 20)
+    return horizon - plan.pixel_start.to(dtype) + 18.0
 
 
 def to_waveforms(buffer: torch.Tensor, plan: SamplePlan, pixel_table: torch.Tensor) -> Waveforms:

@@ -51,6 +51,11 @@ def write_hits(path, hits, segment_rows: Optional[np.ndarray] = None, metadata: 
                 dset.attrs["adc_pedestal"] = float(adc_pedestal)
             if mode is not None:
                 dset.attrs["mode"] = mode
+            weight = getattr(hits, "weight", None)
+            if weight is not None and bool((weight.detach() != 1).any()):
+                w = f.create_dataset("hit_weight", data=weight.detach().cpu().double().numpy())
+                w.attrs["meaning"] = ("probability that each readout of `hits` exists (relaxed mode: the expectation "
+                                      "of the hard front end over its noise)")
             if segment_rows is not None:
                 seg = f.create_dataset("segments", data=segment_rows)
                 seg.attrs["frame"] = "sparsetpc frame: z is the drift axis (edep-sim x and z swapped)"

@@ -16,10 +16,12 @@ import torch
 
 from . import drift as drift_stage
 from .detector import Detector
-from .electronics import FrontEnd, draw_readout_noise, hard_readout, relaxed_readout
+from .electronics import (MODES, FrontEnd, draw_readout_noise, expected_readout, hard_readout,
+                          reference_readout)
 from .exceptions import InputFormatError, MemoryBudgetError
 from .hits import Hits
-from .induction import InductionOptions, SegmentState, induce, to_waveforms
+from .induction import (InductionOptions, SegmentState, association_diffusion, induce, pixel_horizon,
+                        to_waveforms)
 from .params import Params
 from .pixels import associate
 from .quenching import quench
@@ -93,8 +95,13 @@ def _group_waveforms(buffer, plan, rows):
     return torch.cat([buffer, buffer.new_zeros(1)])[index]
 
 
-def _relaxed_group(buffer, plan, rows, front_end, draws):
-    return relaxed_readout(_group_waveforms(buffer, plan, rows), front_end, draws)
+def _relaxed_group(buffer, plan, rows, front_end, horizon):
+    return expected_readout(_group_waveforms(buffer, plan, rows), front_end, horizon[rows])
+
+
+def _reference_group(buffer, plan, rows, front_end, draws):
+    adc, crossing, valid = reference_readout(_group_waveforms(buffer, plan, rows), front_end, draws)
+    return adc, crossing, valid, valid.to(adc.dtype)
 
 
 def simulate(segments: Segments, detector: Optional[Detector] = None, params: Optional[Params] = None, *,
@@ -104,7 +111,9 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
              backend: str = "torch", checkpoint: Optional[bool] = None, progress: bool = False) -> Hits:
     """Simulate the LArPix readout of ``segments`` (z = drift axis) for ``params``.
 
-    ``mode``: ``relaxed`` (differentiable front end) or ``hard`` (larnd-sim's integer front end).
+    ``mode``: ``relaxed`` (the expectation of the hard front end over its noise: smooth, every readout with the
+    probability that it exists in ``hits.weight``), ``hard`` (larnd-sim's integer front end; with ``noise`` this
+    is how data are simulated) or ``reference`` (the differentiable reference model's front end, for parity).
     ``memory_budget``: bytes (or '2GB') for the largest chunk of work; the computation is split accordingly.
     ``noise``/``seed``: electronics noise from a seeded generator (reproducible).
     The work runs on ``params``' device and dtype; segments are moved there.
@@ -116,8 +125,11 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     params.validate()
     front_end = front_end or FrontEnd(tick=detector.tick)
     options = options or InductionOptions()
-    if mode not in ("relaxed", "hard"):
-        raise ValueError(f"unknown mode {mode!r}: 'relaxed' or 'hard'")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
+    if mode == "relaxed" and noise:
+        raise ValueError("relaxed mode is the expectation over the electronics noise: simulate noisy data with "
+                         "mode='hard', noise=True")
     if len(segments) == 0:
         raise InputFormatError("no segments to simulate (empty input)")
     dtype, device = params.dtype, params.device
@@ -149,7 +161,8 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     with torch.no_grad():
         far = torch.maximum(drift_stage.drift_distance(segments.start[:, 2], drifted.z_anode),
                             drift_stage.drift_distance(segments.end[:, 2], drifted.z_anode))
-        sigma_far = drift_stage.diffusion_sigma(far, velocity, params.tran_diff.detach())
+        margin_velocity, margin_tran = association_diffusion(params)
+        sigma_far = drift_stage.diffusion_sigma(far, margin_velocity, margin_tran)
         margin = options.n_sigma_pad * sigma_far
     pairs = associate(segments.start.detach(), segments.end.detach(), drifted.plane, margin, detector)
     pixel_table, pixel_of_pair = _pixel_table(pairs, segments, detector)
@@ -187,22 +200,34 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     adc = buffer.new_zeros((n_pixels, readouts))
     crossing = buffer.new_zeros((n_pixels, readouts))
     valid = torch.zeros((n_pixels, readouts), dtype=torch.bool, device=device)
+    weight = buffer.new_zeros((n_pixels, readouts))
+    horizon = pixel_horizon(plan, pairs, state, params, detector, options) if (mode == "relaxed" and n_pixels) else None
     if n_pixels:
-        group_elements = max(1, max_elements // 4)
+        # the relaxed front end holds [rows, width, quadrature nodes] temporaries
+        per_element = 4 * (max(1, front_end.quadrature_nodes) if mode == "relaxed" else 1)
+        group_elements = max(1, max_elements // per_element)
         for rows in _electronics_groups(plan.pixel_width, group_elements):
             rows = rows.to(device)
             if mode == "hard":
                 a, c, v = hard_readout(_group_waveforms(buffer.detach(), plan, rows), front_end, noise, generator)
+                w = v.to(buffer.dtype)
+            elif mode == "relaxed":
+                if use_checkpoint:
+                    a, c, v, w = torch.utils.checkpoint.checkpoint(_relaxed_group, buffer, plan, rows, front_end,
+                                                                   horizon, use_reentrant=False)
+                else:
+                    a, c, v, w = _relaxed_group(buffer, plan, rows, front_end, horizon)
             else:
                 draws = draw_readout_noise(len(rows), front_end, buffer, generator) if noise else None
                 if use_checkpoint:
-                    a, c, v = torch.utils.checkpoint.checkpoint(_relaxed_group, buffer, plan, rows, front_end, draws,
-                                                                use_reentrant=False)
+                    a, c, v, w = torch.utils.checkpoint.checkpoint(_reference_group, buffer, plan, rows, front_end,
+                                                                   draws, use_reentrant=False)
                 else:
-                    a, c, v = _relaxed_group(buffer, plan, rows, front_end, draws)
+                    a, c, v, w = _reference_group(buffer, plan, rows, front_end, draws)
             adc = adc.index_copy(0, rows, a)
             crossing = crossing.index_copy(0, rows, c)
             valid = valid.index_copy(0, rows, v)
+            weight = weight.index_copy(0, rows, w)
 
     # hits, sorted by pixel then readout slot
     pixel_rows, slots = torch.nonzero(valid, as_tuple=True)
@@ -213,7 +238,8 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     hits = Hits(event=table[:, 0], pixel=pixel_rows, readout=slots, plane=table[:, 1], ix=table[:, 2], iy=table[:, 3],
                 x=x0 + (table[:, 2].to(dtype) + 0.5) * detector.pixel_pitch,
                 y=y0 + (table[:, 3].to(dtype) + 0.5) * detector.pixel_pitch,
-                t=time, adc=adc[pixel_rows, slots], pixel_table=pixel_table, n_skipped_segments=n_skipped)
+                t=time, adc=adc[pixel_rows, slots], pixel_table=pixel_table, n_skipped_segments=n_skipped,
+                weight=weight[pixel_rows, slots])
     if return_waveforms:
         hits.waveforms = to_waveforms(buffer, plan, pixel_table)
     return hits

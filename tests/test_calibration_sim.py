@@ -122,6 +122,20 @@ def test_chi2_loss_through_the_simulator(example):
     h = 1e-6
     fd = (float(chi2(torch.tensor(0.81 + h, dtype=torch.float64))) - float(chi2(torch.tensor(0.81 - h, dtype=torch.float64)))) / (2 * h)
     assert float(grad) == pytest.approx(fd, rel=1e-4) and float(grad) < 0
-    noisy = forward(base.replace(Ab=0.83), batch.data, noise=True, seed=5)
-    per_readout = float(loss(target, noisy, n_units=1)) / loss.last_counts["matched"]
-    assert 0.3 < per_readout < 5.0, per_readout
+    # a noisy target is data (hard front end); the relaxed guess is its expectation: over 20 noise seeds the
+    # matched readouts' mean ADC difference is zero within its statistical error, and the χ² per readout with
+    # the noise-model σ is of order one, larger by the integration-window jitter the noise model leaves out
+    differences, per_readout = [], []
+    for seed in range(20):
+        noisy = forward(base.replace(Ab=0.83), batch.data, noise=True, seed=seed)
+        assert torch.equal(noisy.adc, torch.round(noisy.adc))            # hard-mode ADC
+        per_readout.append(float(loss(target, noisy, n_units=1)) / loss.last_counts["matched"])
+        expected = {(tuple(target.pixel_table[int(p)].tolist()), int(r)): float(a)
+                    for p, r, a in zip(target.pixel, target.readout, target.adc)}
+        for p, r, a in zip(noisy.pixel, noisy.readout, noisy.adc):
+            key = (tuple(noisy.pixel_table[int(p)].tolist()), int(r))
+            if key in expected:
+                differences.append(float(a) - expected[key])
+    differences = np.asarray(differences)
+    assert abs(differences.mean()) < 3 * differences.std() / np.sqrt(len(differences)) + 0.05, differences.mean()
+    assert 0.5 < float(np.mean(per_readout)) < 15.0, per_readout

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sparsetpc.electronics import (Electronics, FrontEnd, digitize, draw_readout_noise, hard_readout,
-                                   relaxed_readout)
+                                   reference_readout)
 from helpers import SHARED, devices, needs_shared
 
 FE = FrontEnd()
@@ -33,7 +33,7 @@ class TestDigitize:
 class TestRelaxed:
     def test_crossing_interpolated_and_read(self):
         q = ramp(20000.0)                     # 2000 e⁻ per tick from tick 5: crosses 7000 e⁻ during tick 8
-        adc, crossing, valid = relaxed_readout(q, FE)
+        adc, crossing, valid = reference_readout(q, FE)
         assert bool(valid[0, 0]) and not bool(valid[0, 1:].any())
         # cumulative reaches 6000 at tick 7 and 8000 at tick 8: interpolated crossing at 7.5
         assert float(crossing[0, 0]) == pytest.approx(7.5)
@@ -43,13 +43,13 @@ class TestRelaxed:
     def test_second_readout_after_charge_removal(self):
         q = ramp(20000.0, n_ticks=120)
         q[0, 60:70] = 1000.0                  # 10000 e⁻ more, long after the first read
-        adc, crossing, valid = relaxed_readout(q, FE)
+        adc, crossing, valid = reference_readout(q, FE)
         assert valid[0].tolist()[:3] == [True, True, False]
         assert float(crossing[0, 1]) == pytest.approx(60 + 6.0)   # 7000 e⁻ reached at the end of tick 66
         assert float(adc[0, 1]) == pytest.approx(float(digitize(torch.tensor(10000.0, dtype=torch.float64), FE)))
 
     def test_below_threshold_gives_no_readout(self):
-        adc, crossing, valid = relaxed_readout(ramp(6000.0), FE)
+        adc, crossing, valid = reference_readout(ramp(6000.0), FE)
         assert not bool(valid.any())
 
     def test_gradcheck(self):
@@ -57,7 +57,7 @@ class TestRelaxed:
 
         def f(scale, shape):
             q = (base * scale + shape)[None, :]
-            adc, crossing, valid = relaxed_readout(q, FE)
+            adc, crossing, valid = reference_readout(q, FE)
             return torch.stack([adc[0, 0], crossing[0, 0]])
 
         scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
@@ -69,10 +69,10 @@ class TestRelaxed:
     def test_noise_seeded(self):
         q = ramp(20000.0)
         g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-        a1 = relaxed_readout(q, FE, draw_readout_noise(1, FE, q, g1))[0]
-        a2 = relaxed_readout(q, FE, draw_readout_noise(1, FE, q, g2))[0]
+        a1 = reference_readout(q, FE, draw_readout_noise(1, FE, q, g1))[0]
+        a2 = reference_readout(q, FE, draw_readout_noise(1, FE, q, g2))[0]
         assert torch.equal(a1, a2)
-        a0 = relaxed_readout(q, FE)[0]
+        a0 = reference_readout(q, FE)[0]
         assert not torch.equal(a0, a1)
 
     @pytest.mark.parametrize("device", devices())

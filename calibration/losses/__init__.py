@@ -91,6 +91,10 @@ class HitsLoss:
     def __call__(self, guess, target, n_units: Optional[int] = None) -> torch.Tensor:
         if self.name == "mse":
             return self._mse(guess, target, n_units)
+        # point-cloud losses take each readout as certain: relaxed readouts (weight = probability) enter when
+        # more likely than not
+        guess = guess.likely() if hasattr(guess, "likely") else guess
+        target = target.likely() if hasattr(target, "likely") else target
         if self.name == "chi2":
             return self._chi2(guess, target, n_units)
         events = torch.unique(torch.cat([guess.event.reshape(-1), target.event.reshape(-1)]).cpu())
