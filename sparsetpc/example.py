@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .io import atomic_write
-from .segments import SEGMENT_DTYPE
+from .segments import FRAME_EDEPSIM, SEGMENT_DTYPE
 
 #: module-0 active volume in edep-sim's frame [cm]: x = drift (two volumes either side of the cathode)
 DRIFT_RANGE = (0.5, 29.5)           # |x| inside one drift volume, away from anode and cathode
@@ -61,8 +61,20 @@ def _track(rng: np.random.Generator, pdg: int, length: float, step: float):
     return start, direction, edges, dx, dedx
 
 
+def check_arguments(n_events: int, tracks_per_event: int, seed: int, step: float) -> None:
+    """Raise ``ValueError`` naming the first argument that cannot make an example file."""
+    for name, value in (("n_events", n_events), ("tracks_per_event", tracks_per_event)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not np.isfinite(step) or step <= 0:
+        raise ValueError(f"step must be a positive length in cm, got {step!r}")
+
+
 def generate(n_events: int = 3, tracks_per_event: int = 3, seed: int = 0, step: float = 0.5) -> np.ndarray:
     """Structured array of segments (edep-sim frame) for ``n_events`` events, reproducible from ``seed``."""
+    check_arguments(n_events, tracks_per_event, seed, step)
     rng = np.random.default_rng(seed)
     rows = []
     for event in range(n_events):
@@ -90,6 +102,7 @@ def write_example(path, n_events: int = 3, tracks_per_event: int = 3, seed: int 
     with atomic_write(path) as tmp:
         with h5py.File(tmp, "w") as f:
             dset = f.create_dataset("segments", data=rows)
-            dset.attrs["units"] = "cm, MeV, MeV/cm, us; edep-sim frame (x = drift axis)"
+            dset.attrs["units"] = "cm, MeV, MeV/cm, us"
+            dset.attrs["frame"] = FRAME_EDEPSIM
             f.attrs["generator"] = f"sparsetpc.example seed={seed} events={n_events} tracks/event={tracks_per_event}"
     return path

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,26 +12,64 @@ from typing import Dict, Optional
 import numpy as np
 
 from .hits import HIT_DTYPE, HIT_UNITS
+from .segments import FRAME_SPARSETPC
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)                  # elsewhere: read by setting and restoring it
+    os.umask(mask)
+    return mask
+
+
+def final_mode(path) -> int:
+    """Permission bits the written file should get: those of the file it replaces, else ``0o666 & ~umask``."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~current_umask()
 
 
 @contextmanager
 def atomic_write(path):
     """Yield a temporary path beside ``path`` (same file system); on success it is flushed to disk and renamed
-    over ``path`` (``os.replace`` is atomic), on failure it is removed.  A file that exists is complete."""
+    over ``path`` (``os.replace`` is atomic), on failure it is removed.  A file that exists is complete.
+
+    The temporary file (``mkstemp``: mode 0600, hidden name ``.NAME.XXXX.tmp``) gets, before the rename, the
+    mode of the file it replaces or, for a new file, ``0o666 & ~umask`` (as a plain ``open`` for writing would give).
+    Any exception, including ``KeyboardInterrupt`` and the CLI's SIGTERM exception, removes the temporary file
+    and leaves ``path`` as it was.
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    os.close(handle)
+    tmp = None
     try:
+        handle, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+        os.close(handle)
         yield tmp
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
+        os.chmod(tmp, final_mode(path))
         os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        tmp = None
+    finally:
+        if tmp is not None:
+            _remove_quietly(tmp)
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def write_hits(path, hits, segment_rows: Optional[np.ndarray] = None, metadata: Optional[Dict] = None,
@@ -58,7 +97,7 @@ def write_hits(path, hits, segment_rows: Optional[np.ndarray] = None, metadata: 
                                       "of the hard front end over its noise)")
             if segment_rows is not None:
                 seg = f.create_dataset("segments", data=segment_rows)
-                seg.attrs["frame"] = "sparsetpc frame: z is the drift axis (edep-sim x and z swapped)"
+                seg.attrs["frame"] = FRAME_SPARSETPC
                 seg.attrs["units"] = "cm, MeV, MeV/cm, us"
             f.attrs["producer"] = "sparsetpc"
             f.attrs["n_skipped_segments"] = int(n_skipped)

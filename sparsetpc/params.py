@@ -7,6 +7,8 @@ never from module globals.
 from __future__ import annotations
 
 import dataclasses
+import math
+import warnings
 from dataclasses import dataclass, fields
 from typing import Dict, Iterable, Tuple
 
@@ -29,6 +31,10 @@ RANGES: Dict[str, Tuple[float, float, float, str]] = {
     "box_beta": (0.207, 0.18, 0.22, "(kV/cm)(g/cm2)/MeV"),
     "temperature": (87.17, 85.0, 90.0, "K"),
 }
+
+#: Drift velocities [cm/µs] accepted by :meth:`Params.validate` (LAr: ≈ 0.16 at 0.5 kV/cm; outside this
+#: band the time window and drift arrays blow up, e.g. temperature → 0 with ``link_vdrift_efield``).
+DRIFT_VELOCITY_SANE = (0.01, 1.0)
 
 # Electron mobility parametrisation (larnd-sim consts.electron_mobility, after Walkowiak).
 _MOBILITY_A = (551.6, 7158.3, 4440.43, 4.29, 43.63, 0.2053)
@@ -124,18 +130,60 @@ class Params:
         return self.vdrift
 
     def validate(self) -> None:
+        """Raise :class:`ParameterError` naming the first unusable parameter; warn for values outside ``RANGES``.
+
+        Refused: a field that is not a 0-d tensor, not floating point or not finite; fields of different dtypes
+        or devices (one float32 among float64 would silently run the whole simulation in float32: convert with
+        ``Params.to(dtype=...)``); vdrift, lifetime, MeVToElectrons, lArDensity, eField, temperature, Ab,
+        box_alpha ≤ 0; long_diff, tran_diff, kb, box_beta < 0; a drift velocity (``vdrift``, or E·µ(E, T) with
+        ``link_vdrift_efield``) outside :data:`DRIFT_VELOCITY_SANE` cm/µs.  Values outside ``RANGES`` (larnd-sim's
+        fit ranges) are allowed with one ``UserWarning`` naming the parameter, its value and the range.
+        """
+        kinds = {}
         for name in self.names():
             value = getattr(self, name)
             if not torch.is_tensor(value) or value.dim() != 0:
                 raise ParameterError(f"parameter {name} must be a 0-d tensor, got {value!r}")
+            if not value.dtype.is_floating_point:
+                raise ParameterError(f"parameter {name} must be a floating-point tensor, got {value.dtype}")
             if not bool(torch.isfinite(value.detach())):
                 raise ParameterError(f"parameter {name} is not finite: {float(value)}")
-        for name in ("vdrift", "lifetime", "MeVToElectrons", "lArDensity", "eField"):
-            if float(getattr(self, name).detach()) <= 0:
-                raise ParameterError(f"parameter {name} must be positive, got {float(getattr(self, name))}")
-        for name in ("long_diff", "tran_diff", "kb"):
-            if float(getattr(self, name).detach()) < 0:
-                raise ParameterError(f"parameter {name} must be non-negative, got {float(getattr(self, name))}")
+            kinds.setdefault((value.dtype, str(value.device)), []).append(name)
+        if len(kinds) > 1:
+            def kind(key):
+                return f"{str(key[0]).replace('torch.', '')} on {key[1]}"
+            ordered = sorted(kinds, key=lambda key: -len(kinds[key]))
+            odd = "; ".join(f"{', '.join(kinds[key])} {kind(key)}" for key in ordered[1:])
+            raise ParameterError(f"parameters have mixed dtypes/devices: {odd}, the others {kind(ordered[0])}; "
+                                 "make them one dtype and device, e.g. params.to(dtype=torch.float64)")
+        values = {name: float(getattr(self, name).detach()) for name in self.names()}
+        for name in ("vdrift", "lifetime", "MeVToElectrons", "lArDensity", "eField", "temperature", "Ab", "box_alpha"):
+            if values[name] <= 0:
+                raise ParameterError(f"parameter {name} must be positive, got {values[name]}")
+        for name in ("long_diff", "tran_diff", "kb", "box_beta"):
+            if values[name] < 0:
+                raise ParameterError(f"parameter {name} must be non-negative, got {values[name]}")
+        self._check_drift_velocity(values)
+        outside = [name for name in self.names() if not RANGES[name][1] <= values[name] <= RANGES[name][2]]
+        if self.link_vdrift_efield and "vdrift" in outside:
+            outside.remove("vdrift")                    # ignored when linked to the field
+        if outside:
+            described = "; ".join(f"{name} = {values[name]:.6g} outside [{RANGES[name][1]:.6g}, {RANGES[name][2]:.6g}]"
+                                  + (f" {RANGES[name][3]}" if RANGES[name][3] else "") for name in outside)
+            warnings.warn(f"parameter(s) outside larnd-sim's ranges: {described}", UserWarning, stacklevel=2)
+
+    def _check_drift_velocity(self, values: Dict[str, float]) -> None:
+        low, high = DRIFT_VELOCITY_SANE
+        if self.link_vdrift_efield:
+            velocity = float(self.drift_velocity().detach())
+            source = (f"drift velocity {velocity:.6g} cm/us from eField = {values['eField']:.6g} kV/cm and "
+                      f"temperature = {values['temperature']:.6g} K (link_vdrift_efield)")
+        else:
+            velocity = values["vdrift"]
+            source = f"vdrift = {velocity:.6g} cm/us"
+        if not math.isfinite(velocity) or not low <= velocity <= high:
+            raise ParameterError(f"{source} is not a physical drift velocity in liquid argon "
+                                 f"(expected {low}-{high} cm/us)")
 
 
 def nominal_value(name: str) -> float:

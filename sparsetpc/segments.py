@@ -28,6 +28,28 @@ SEGMENT_DTYPE = np.dtype([
 ])
 
 
+#: ``frame`` attribute of a ``segments`` dataset whose rows are already in sparsetpc's frame (z = drift axis),
+#: as ``sparsetpc simulate`` writes them; files without the attribute are edep-sim files (x = drift axis).
+FRAME_SPARSETPC = "sparsetpc frame: z is the drift axis (edep-sim x and z swapped)"
+#: ``frame`` attribute of an edep-sim-frame dataset (x = drift axis), as the example generator writes it.
+FRAME_EDEPSIM = "edep-sim frame: x is the drift axis"
+
+
+def rows_need_swap(frame, source: str = "segments") -> bool:
+    """Whether rows with this ``frame`` attribute (None when absent) must have x and z swapped on reading."""
+    if frame is None:
+        return True
+    if isinstance(frame, bytes):
+        frame = frame.decode(errors="replace")
+    text = str(frame).strip().lower()
+    if text.startswith("sparsetpc"):
+        return False
+    if text.startswith("edep-sim"):
+        return True
+    raise InputFormatError(f"{source}: unknown frame attribute {str(frame)!r} (expected one starting with "
+                           "'sparsetpc' (z = drift axis) or 'edep-sim' (x = drift axis))")
+
+
 def swap_xz(rows: np.ndarray) -> np.ndarray:
     """Return a copy with the x and z columns (midpoint, start, end) exchanged."""
     out = rows.copy()
@@ -215,6 +237,11 @@ class Segments:
 
 def read_segment_rows(path, dataset: str = "segments") -> np.ndarray:
     """Read the raw (unswapped) edep-sim structured array from an HDF5 file, with clear errors."""
+    return read_segment_rows_and_frame(path, dataset)[0]
+
+
+def read_segment_rows_and_frame(path, dataset: str = "segments"):
+    """The stored rows (as in the file, not swapped) and whether they need the x↔z swap (``frame`` attribute)."""
     import h5py
     try:
         handle = h5py.File(path, "r")
@@ -224,24 +251,47 @@ def read_segment_rows(path, dataset: str = "segments") -> np.ndarray:
         if dataset not in handle:
             raise InputFormatError(f"{path}: no dataset {dataset!r} (found: {', '.join(handle.keys()) or 'nothing'}); "
                                    "sparsetpc reads edep-sim's `segments`")
-        rows = handle[dataset][()]
+        node = handle[dataset]
+        if not isinstance(node, h5py.Dataset):
+            raise InputFormatError(f"{path}: {dataset!r} is a group, not a dataset of segments")
+        rows = node[()]
+        frame = node.attrs.get("frame")
     check_rows(rows, f"{path}:{dataset}")
     if len(rows) == 0:
         raise InputFormatError(f"{path}:{dataset} is empty (no segments)")
-    return rows
+    return rows, rows_need_swap(frame, f"{path}:{dataset}")
+
+
+def check_events_present(rows: np.ndarray, events: Sequence[int], source: str = "segments") -> None:
+    """Raise :class:`InputFormatError` naming the requested eventIDs that ``rows`` does not contain."""
+    requested = [int(e) for e in events]
+    if not requested:
+        raise InputFormatError(f"{source}: an empty list of events was requested")
+    present = set(np.unique(np.asarray(rows["eventID"]).astype(np.int64)).tolist())
+    missing = sorted(set(requested) - present)
+    if missing:
+        shown = ", ".join(str(e) for e in missing[:10]) + (" ..." if len(missing) > 10 else "")
+        available = sorted(present)
+        span = f"{available[0]}..{available[-1]}" if available else "none"
+        raise InputFormatError(f"{source}: requested event(s) {shown} not in the file ({len(available)} events, "
+                               f"eventIDs {span})")
 
 
 def load_segments(path, cuts: Optional[Cuts] = None, dtype=torch.float64, device="cpu",
                   events: Optional[Sequence[int]] = None, dataset: str = "segments") -> Segments:
     """Read an edep-sim file, swap x↔z, apply ``cuts`` (default :class:`Cuts`) and return :class:`Segments`.
 
-    ``events``: keep only these eventIDs.  Raises :class:`InputFormatError` when nothing survives, naming why.
+    Rows whose dataset carries ``frame`` = :data:`FRAME_SPARSETPC` (the ``segments`` that ``sparsetpc simulate``
+    writes) are already in sparsetpc's frame and are not swapped again.
+    ``events``: keep only these eventIDs; every one must be in the file (else :class:`InputFormatError` naming
+    the missing ones).  Raises :class:`InputFormatError` when nothing survives, naming why.
     """
-    rows = swap_xz(read_segment_rows(path, dataset))
+    rows, swap = read_segment_rows_and_frame(path, dataset)
+    if swap:
+        rows = swap_xz(rows)
     if events is not None:
-        rows = rows[np.isin(rows["eventID"], np.asarray(list(events)))]
-        if len(rows) == 0:
-            raise InputFormatError(f"{path}: none of the requested events {list(events)} are in the file")
+        check_events_present(rows, events, str(path))
+        rows = rows[np.isin(rows["eventID"], np.asarray(list(events), dtype=np.int64))]
     cuts = Cuts() if cuts is None else cuts
     keep = cuts.mask(rows)
     if not keep.any():

@@ -6,6 +6,7 @@ the leftovers count as ``ref_only`` / ``ours_only``.  Residuals are ours − ref
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
@@ -19,6 +20,12 @@ class Tolerances:
     adc: float = 0.05          # mean |ΔADC| [counts] over matched readouts
     time: float = 0.05         # mean |Δt| [µs] over matched readouts
     unmatched: float = 0.0     # (ref_only + ours_only) / (readouts of both sides together)
+
+    def __post_init__(self):
+        for name in ("adc", "time", "unmatched"):
+            value = float(getattr(self, name))
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"tolerance {name} must be a finite non-negative number, got {value}")
 
 
 @dataclass
@@ -178,4 +185,30 @@ def format_summary(summary: dict) -> str:
 
 
 def json_ready(summary: dict) -> dict:
-    return {k: v for k, v in summary.items() if not k.startswith("_")}
+    """The summary without its private entries (``_match``), with every non-finite number as ``None``."""
+    return strict_json_value({k: v for k, v in summary.items() if not k.startswith("_")})
+
+
+def strict_json_value(value):
+    """``value`` with numpy scalars/arrays as Python values and NaN/±inf as ``None`` (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): strict_json_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json_value(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json_value(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path, data) -> None:
+    """Write ``data`` as strict JSON (no bare NaN), atomically."""
+    import json
+    from pathlib import Path
+    from sparsetpc.io import atomic_write
+    text = json.dumps(strict_json_value(data), indent=2, allow_nan=False, default=str)
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(text)

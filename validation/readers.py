@@ -15,6 +15,7 @@ uses.  ``raw_time=True`` keeps each format's own numbers instead (reference ``ti
 from __future__ import annotations
 
 import json
+import math
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,24 @@ def read_hits(path, *, layout: Optional[PixelLayout] = None, borders: Optional[n
         table = _read_reference(path, layout, borders, raw_time)
     if len(table.hits) == 0 and not allow_empty:
         raise InputFormatError(f"{path}: no readouts in the file (empty event); nothing to compare")
+    check_finite(table.hits, str(path))
+    if not math.isfinite(table.adc_pedestal):
+        raise InputFormatError(f"{path}: ADC pedestal is not finite ({table.adc_pedestal})")
     return table
+
+
+def check_finite(hits: np.ndarray, source: str) -> None:
+    """Raise :class:`InputFormatError` if any float field of ``hits`` holds NaN or ±inf (naming field and row)."""
+    for name in hits.dtype.names:
+        column = hits[name]
+        if column.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(column)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise InputFormatError(f"{source}: field {name!r} has {int(bad.sum())} non-finite value(s) (first: "
+                                   f"readout {first}, event {int(hits['event_id'][first])}, value {column[first]}); "
+                                   "cannot compare")
 
 
 # ---------------------------------------------------------------------------- packets
@@ -131,6 +149,8 @@ def _read_sparsetpc(path, layout: PixelLayout, borders, raw_time: bool = False) 
     import h5py
     with h5py.File(path, "r") as f:
         dset = f["hits"]
+        if not isinstance(dset, h5py.Dataset):
+            raise InputFormatError(f"{path}: 'hits' is a group, expected a dataset of sparsetpc.hits.HIT_DTYPE")
         names = dset.dtype.names or ()
         missing = [n for n in HIT_DTYPE.names if n not in names]
         if missing:
@@ -207,6 +227,13 @@ def _read_reference(path, layout: PixelLayout, borders, raw_time: bool) -> HitTa
                 or adc.shape[0] != len(pixel_ids):
             raise InputFormatError(f"{path}: inconsistent shapes pixel_ids {pixel_ids.shape}, adc {adc.shape}, "
                                    f"ticks {ticks.shape} (expected (U, 2), (U, R), (U, R))")
+        for name, array in (("adc", adc), ("ticks", ticks)):
+            if array.dtype.kind not in "fiu":
+                raise InputFormatError(f"{path}: array {name!r} has dtype {array.dtype}, expected numbers")
+            bad = ~np.isfinite(array.astype(np.float64))
+            if bad.any():
+                raise InputFormatError(f"{path}: array {name!r} has {int(bad.sum())} non-finite value(s) (first at "
+                                       f"{tuple(int(i) for i in np.argwhere(bad)[0])}); cannot compare")
         meta = {}
         if "meta" in data.files:
             try:

@@ -2,8 +2,8 @@
 
 Exit codes: 0 success; 1 only ``validation compare``'s "beyond tolerance"; 2 every expected failure (bad
 argument, unreadable/corrupt/non-finite input, unwritable output, the project's own exceptions); 130 interrupted.
-An expected failure prints one line on stderr, ``PROG: error: MESSAGE``; a traceback is shown only with
-``--debug``.  SIGTERM is turned into an exception so that atomic writers remove their temporary files.
+An expected failure prints one line on stderr, ``PROG: error: MESSAGE``; any other exception (a bug) prints one
+line naming its type and also exits 2; a traceback is shown only with ``--debug`` (or ``SPARSETPC_DEBUG=1``).  SIGTERM is turned into an exception so that atomic writers remove their temporary files.
 """
 from __future__ import annotations
 
@@ -77,6 +77,14 @@ def run_guarded(prog: str, body: Callable[[], int], debug: bool = False,
             traceback.print_exc()
         print(f"{prog}: error: {describe(error)}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as error:                  # a bug: still one line and exit 2 (never 1, which means "beyond tolerance")
+        if debug or os.environ.get("SPARSETPC_DEBUG"):
+            traceback.print_exc()
+            hint = ""
+        else:
+            hint = " (an internal error: rerun with --debug for the traceback and please report it)"
+        print(f"{prog}: error: {type(error).__name__}: {describe(error)}{hint}", file=sys.stderr)
+        return EXIT_ERROR
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -100,5 +108,23 @@ def check_output_path(path, inputs: Optional[Iterable] = None, option: str = "ou
     existing = parent
     while not existing.exists():
         existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+    if not existing.is_dir():
+        raise UsageError(f"cannot write {option} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK) or not _can_create_file_in(existing):
         raise UsageError(f"cannot write {option} {path}: directory {existing} is not writable")
+
+
+def _can_create_file_in(directory) -> bool:
+    """Whether a file can really be created there (``os.access`` says yes to root on read-only or virtual
+    file systems such as /proc); the probe is removed at once."""
+    import tempfile
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".sparsetpc-probe.", suffix=".tmp", dir=directory)
+    except OSError:
+        return False
+    os.close(handle)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
+    return True

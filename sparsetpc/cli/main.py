@@ -1,4 +1,9 @@
-"""``sparsetpc`` command line."""
+"""``sparsetpc`` command line.
+
+Every argument and the output path are checked before any work starts.  Errors follow the policy of
+:mod:`sparsetpc.cli.errors`: one line ``sparsetpc: error: ...`` on stderr and exit 2 (a traceback only with
+``--debug``); 130 when interrupted.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,88 +13,181 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
+
+from .errors import EXIT_ERROR, EXIT_OK, UsageError, check_output_path, run_guarded
+
+PROG = "sparsetpc"
 DTYPES = {"float32": "float32", "float64": "float64"}
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``PROG: error: ...``), exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparsetpc", description="Sparse differentiable LArTPC (LArPix) simulator")
-    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser = _Parser(prog=PROG, description="Sparse differentiable LArTPC (LArPix) simulator",
+                     epilog="exit codes: 0 done, 2 error (one line on stderr; --debug for a traceback), 130 interrupted")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    sim = sub.add_parser("simulate", help="simulate an edep-sim segments file into pixel hits")
-    sim.add_argument("input", help="edep-sim HDF5 file with a `segments` dataset")
-    sim.add_argument("-o", "--output", required=True, help="output HDF5 file")
+    sim = sub.add_parser("simulate", parents=[common], help="simulate an edep-sim segments file into pixel hits")
+    sim.add_argument("input", help="edep-sim HDF5 file with a `segments` dataset (or a sparsetpc output file)")
+    sim.add_argument("-o", "--output", required=True, help="output HDF5 file (must not be the input)")
     sim.add_argument("--detector", help="larnd-sim detector properties YAML (default: built-in module 0)")
     sim.add_argument("--layout", help="larnd-sim pixel layout YAML (default: built-in 2.2.16 geometry)")
-    sim.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    sim.add_argument("--device", default="cpu", help="torch device: cpu, cuda or cuda:N")
     sim.add_argument("--dtype", default="float64", choices=sorted(DTYPES))
     sim.add_argument("--memory-budget", default="2GB", help="largest chunk of work, e.g. 2GB, 512MiB")
-    sim.add_argument("--events", type=int, nargs="+", help="simulate only these eventIDs")
+    sim.add_argument("--events", type=int, nargs="+", help="simulate only these eventIDs (each must be in the file)")
     sim.add_argument("--no-cuts", action="store_true", help="keep every segment with dx > 0 (no track selection)")
     sim.add_argument("--mode", default="relaxed", choices=["relaxed", "hard"], help="front end: relaxed (float ADC) or hard (larnd-sim integer ADC)")
     sim.add_argument("--noise", action="store_true", help="electronics noise (seeded)")
-    sim.add_argument("--seed", type=int, default=0, help="noise seed")
+    sim.add_argument("--seed", type=int, default=0, help="noise seed (non-negative)")
     sim.add_argument("--format", default="sparsetpc", choices=["sparsetpc", "packets"],
-                     help="sparsetpc: hits + segments datasets; packets: larnd-sim LArPix packets HDF5 (needs --layout)")
+                     help="sparsetpc: hits + segments datasets; packets: larnd-sim LArPix packets HDF5 "
+                          "(needs a layout with the chip/channel wiring)")
     sim.add_argument("--threads", type=int, default=1,
-                     help="torch CPU threads (default 1: on small machines OpenMP fork/join costs more than it saves)")
+                     help="torch CPU threads, >= 1 (default 1: on small machines OpenMP fork/join costs more than it saves)")
+    sim.add_argument("--strict", action="store_true",
+                     help="stop at the first event that fails (default: name it on stderr, skip it, write the others)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    ex = sub.add_parser("example", help="write seeded example tracks in edep-sim format")
+    ex = sub.add_parser("example", parents=[common], help="write seeded example tracks in edep-sim format")
     ex.add_argument("-o", "--output", required=True)
-    ex.add_argument("--events", type=int, default=3)
-    ex.add_argument("--tracks-per-event", type=int, default=3)
-    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--events", type=int, default=3, help="number of events (>= 1)")
+    ex.add_argument("--tracks-per-event", type=int, default=3, help="tracks per event (>= 1)")
+    ex.add_argument("--seed", type=int, default=0, help="random seed (non-negative)")
     return parser
 
 
+# ---------------------------------------------------------------------------- argument checks
+def check_device(text: str):
+    """The torch device named by ``--device``; UsageError for an unknown or unavailable one."""
+    import torch
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"--device {text!r}: unknown device; use one of cpu, cuda, cuda:N") from None
+    if device.type not in DEVICE_TYPES:
+        raise UsageError(f"--device {text!r}: not supported; use one of cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {text!r} requested but CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {text!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def check_memory_budget(text: str) -> int:
+    from sparsetpc.exceptions import MemoryBudgetError
+    from sparsetpc.pipeline import parse_memory
+    try:
+        return parse_memory(text)
+    except MemoryBudgetError as error:
+        raise UsageError(f"--memory-budget: {error}") from None
+
+
+def _check_simulate_arguments(args) -> None:
+    if args.threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    if args.events is not None:
+        negative = [e for e in args.events if e < 0]
+        if negative:
+            raise UsageError(f"--events: eventIDs are non-negative, got {', '.join(map(str, negative))}")
+    check_memory_budget(args.memory_budget)
+    check_device(args.device)
+    check_output_path(args.output, inputs=[args.input, args.detector, args.layout], option="--output")
+
+
+def _check_packets_wiring(detector) -> None:
+    """``--format packets`` needs the chip/channel wiring of the layout; checked before simulating."""
+    layout = detector.layout
+    if layout is None or not getattr(layout, "has_wiring", False):
+        source = getattr(layout, "source", "the layout")
+        raise UsageError(f"--format packets needs the chip/channel wiring, which {source} lacks: "
+                         "pass --layout multi_tile_layout-*.yaml")
+
+
+# ---------------------------------------------------------------------------- simulate
 def _simulate(args) -> int:
+    _check_simulate_arguments(args)
     import torch
     import sparsetpc as st
+    from sparsetpc.exceptions import InputFormatError, SparseTPCError
     from sparsetpc.io import write_hits
 
     dtype = getattr(torch, DTYPES[args.dtype])
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        print("error: --device cuda requested but CUDA is not available", file=sys.stderr)
-        return 2
+    torch.set_num_threads(args.threads)
     detector = st.Detector.from_larnd_yaml(args.detector, args.layout) if (args.detector or args.layout) else st.Detector.default()
+    if args.format == "packets":
+        _check_packets_wiring(detector)
     cuts = st.Cuts.none() if args.no_cuts else st.Cuts()
     segments = st.load_segments(args.input, cuts=cuts, dtype=dtype, device=args.device, events=args.events)
     params = st.Params.nominal(dtype=dtype, device=args.device,
                                **{k: v for k, v in detector.nominal_parameters.items()})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        params.validate()
+    for warning in caught:
+        print(f"{PROG}: warning: {warning.message}", file=sys.stderr)
     events = segments.events()
     start = time.perf_counter()
-    all_hits = []
+    all_hits, done, failed = [], [], []
     from tqdm.auto import tqdm
     with torch.no_grad():
         for event in tqdm(events, desc="events", unit="event", disable=args.quiet):
-            subset = segments.select((segments.event_id == int(event)).cpu().numpy())
+            event = int(event)
+            subset = segments.select((segments.event_id == event).cpu().numpy())
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                hits = st.simulate(subset, detector, params, mode=args.mode, memory_budget=args.memory_budget,
-                                   noise=args.noise, seed=args.seed + int(event))
+                try:
+                    hits = st.simulate(subset, detector, params, mode=args.mode, memory_budget=args.memory_budget,
+                                       noise=args.noise, seed=args.seed + event)
+                except SparseTPCError as error:
+                    if args.strict:
+                        raise type(error)(f"event {event}: {error} (--strict: stopped, nothing written)") from error
+                    print(f"{PROG}: warning: event {event} skipped: {' '.join(str(error).split())}", file=sys.stderr)
+                    failed.append(event)
+                    continue
             for w in caught:
-                print(f"warning (event {int(event)}): {w.message}", file=sys.stderr)
+                if "outside larnd-sim's ranges" in str(w.message):
+                    continue                    # said once above
+                print(f"{PROG}: warning (event {event}): {w.message}", file=sys.stderr)
             all_hits.append(hits)
+            done.append(event)
+    if not done:
+        raise InputFormatError(f"{args.input}: every event failed ({len(failed)} of {len(events)}); nothing written")
     merged = _concat(all_hits)
     elapsed = time.perf_counter() - start
     out = Path(args.output)
+    skipped_note = f"; {len(failed)} event(s) skipped: {', '.join(map(str, failed))}" if failed else ""
     if args.format == "packets":
         from sparsetpc.packets import write_packets
-        if detector.layout is None or not detector.layout.has_wiring:
-            print("error: --format packets needs the chip/channel wiring: pass --layout multi_tile_layout-*.yaml", file=sys.stderr)
-            return 2
         summary = write_packets(out, merged, detector.layout)
-        print(f"wrote {summary.n_data_packets} data packets ({summary.n_disabled} on disabled edge channels skipped) to {out}")
+        print(f"wrote {summary.n_data_packets} data packets ({summary.n_disabled} on disabled edge channels skipped) "
+              f"to {out}{skipped_note}")
     else:
+        rows = segments.rows
+        if failed and rows is not None:
+            rows = rows[np.isin(rows["eventID"], done)]
         pedestal = st.FrontEnd().pedestal(hard=(args.mode == "hard"))
-        write_hits(out, merged, segments.rows, adc_pedestal=pedestal, mode=args.mode, metadata={"mode": args.mode, "dtype": args.dtype, "device": args.device,
-                                                          "params": params.as_dict(), "input": str(args.input),
-                                                          "cuts": "none" if args.no_cuts else vars(cuts)})
-        print(f"wrote {len(merged)} hits from {len(segments)} segments in {len(events)} event(s) to {out} "
-              f"({elapsed:.2f} s simulation)")
-    return 0
+        write_hits(out, merged, rows, adc_pedestal=pedestal, mode=args.mode,
+                   metadata={"mode": args.mode, "dtype": args.dtype, "device": args.device,
+                             "params": params.as_dict(), "input": str(args.input),
+                             "cuts": "none" if args.no_cuts else vars(cuts), "events_failed": failed})
+        n_segments = len(segments) if rows is None else len(rows)
+        print(f"wrote {len(merged)} hits from {n_segments} segments in {len(done)} event(s) to {out} "
+              f"({elapsed:.2f} s simulation){skipped_note}")
+    return EXIT_OK
 
 
 def _concat(hits_list):
@@ -108,20 +206,25 @@ def _concat(hits_list):
                 n_skipped_segments=sum(h.n_skipped_segments for h in hits_list), **merged)
 
 
+# ---------------------------------------------------------------------------- example
 def _example(args) -> int:
+    if args.events < 1:
+        raise UsageError(f"--events must be at least 1, got {args.events}")
+    if args.tracks_per_event < 1:
+        raise UsageError(f"--tracks-per-event must be at least 1, got {args.tracks_per_event}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    check_output_path(args.output, option="--output")
     from sparsetpc.example import write_example
     path = write_example(args.output, n_events=args.events, tracks_per_event=args.tracks_per_event, seed=args.seed)
     print(f"wrote {args.events} event(s) x {args.tracks_per_event} track(s) of edep-sim segments to {path}")
-    return 0
+    return EXIT_OK
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
-    from sparsetpc.exceptions import SparseTPCError
     try:
-        if args.command == "simulate":
-            return _simulate(args)
-        return _example(args)
-    except SparseTPCError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        args = _parser().parse_args(argv)
+    except SystemExit as stop:                   # argparse: --help (0) or a bad argument (2, one line printed)
+        return stop.code if isinstance(stop.code, int) else EXIT_ERROR
+    body = _simulate if args.command == "simulate" else _example
+    return run_guarded(PROG, lambda: body(args), debug=args.debug)
