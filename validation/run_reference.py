@@ -1,8 +1,8 @@
 """Simulate every reference case of the shared data with sparsetpc and compare with the stored outputs.
 
-Cases: ``reference/*_fwd.npz`` (differentiable reference model → sparsetpc ``relaxed`` mode) and
-``reference/original/*_nd_njit.npz`` (original larnd-sim kernels → ``hard`` mode; the ``_stages`` file repeats
-``test_segment`` and is skipped).  Each case's ``input_segments`` rows (already x↔z swapped, columns named by
+Cases: ``reference/*_fwd.npz`` (differentiable reference model → sparsetpc ``relaxed`` mode),
+``reference/original/*_nd_njit.npz`` and ``reference/steep/*_nd_njit.npz`` (original larnd-sim kernels → ``hard``
+mode; the ``*_stages.npz`` files hold the same readouts with every intermediate stage and are not cases).  Each case's ``input_segments`` rows (already x↔z swapped, columns named by
 ``input_fields``) are simulated as they are, with nominal module-0 parameters, float64, noise off.
 """
 from __future__ import annotations
@@ -21,6 +21,11 @@ from sparsetpc.segments import SEGMENT_DTYPE
 
 from .compare import Tolerances, compare_tables, format_summary, json_ready
 from .readers import PEDESTAL_INTEGER, PEDESTAL_RELAXED, HitTable, read_hits, write_sparsetpc_hits
+
+
+#: folders of reference/ holding original larnd-sim kernel outputs (hard-mode cases); steep/ is the steep muon
+#: with long pulses (10 readouts per pixel, resets and dead ticks), kept apart so that original/ lists as before
+ORIGINAL_FOLDERS = ("original", "steep")
 
 
 @dataclass
@@ -47,9 +52,10 @@ def find_cases(shared) -> List[Case]:
     if not ref.is_dir():
         raise InputFormatError(f"{shared}: no reference/ directory (expected the shared data directory)")
     cases = [Case(p.name[:-len("_fwd.npz")] + "_fwd", p, "relaxed") for p in sorted(ref.glob("*_fwd.npz"))]
-    cases += [Case(p.name[:-len(".npz")], p, "hard") for p in sorted((ref / "original").glob("*_nd_njit.npz"))]
+    for folder in ORIGINAL_FOLDERS:
+        cases += [Case(p.name[:-len(".npz")], p, "hard") for p in sorted((ref / folder).glob("*_nd_njit.npz"))]
     if not cases:
-        raise InputFormatError(f"{ref}: no *_fwd.npz or original/*_nd_njit.npz cases")
+        raise InputFormatError(f"{ref}: no *_fwd.npz or {{{','.join(ORIGINAL_FOLDERS)}}}/*_nd_njit.npz cases")
     return cases
 
 
