@@ -17,8 +17,8 @@ needs_simulator = pytest.mark.skipif(not simulator_available(), reason="simulato
 @needs_shared
 def test_cases_found():
     cases = {c.name: c.mode for c in find_cases(SHARED)}
-    assert cases == {"test_segment_fwd": "relaxed", "mixed_trk0_fwd": "relaxed", "mixed_trk1_fwd": "relaxed",
-                     "mixed_trk4_fwd": "relaxed", "test_segment_nd_njit": "hard", "test_track0_nd_njit": "hard",
+    assert cases == {"test_segment_fwd": "reference", "mixed_trk0_fwd": "reference", "mixed_trk1_fwd": "reference",
+                     "mixed_trk4_fwd": "reference", "test_segment_nd_njit": "hard", "test_track0_nd_njit": "hard",
                      "mixed_trk0_nd_njit": "hard", "mixed_trk1_nd_njit": "hard", "mixed_trk4_nd_njit": "hard",
                      "steep_trk0_nd_njit": "hard"}
 

@@ -1,6 +1,6 @@
 """Simulate every reference case of the shared data with sparsetpc and compare with the stored outputs.
 
-Cases: ``reference/*_fwd.npz`` (differentiable reference model → sparsetpc ``relaxed`` mode),
+Cases: ``reference/*_fwd.npz`` (differentiable reference model → sparsetpc ``reference`` mode),
 ``reference/original/*_nd_njit.npz`` and ``reference/steep/*_nd_njit.npz`` (original larnd-sim kernels → ``hard``
 mode; the ``*_stages.npz`` files hold the same readouts with every intermediate stage and are not cases).  Each case's ``input_segments`` rows (already x↔z swapped, columns named by
 ``input_fields``) are simulated as they are, with nominal module-0 parameters, float64, noise off.
@@ -32,7 +32,7 @@ ORIGINAL_FOLDERS = ("original", "steep")
 class Case:
     name: str
     path: Path
-    mode: str          # sparsetpc mode reproducing it: "relaxed" (fwd) or "hard" (original)
+    mode: str          # sparsetpc mode reproducing it: "reference" (fwd) or "hard" (original)
 
 
 def shared_data_dir(explicit=None) -> Optional[Path]:
@@ -51,7 +51,7 @@ def find_cases(shared) -> List[Case]:
     ref = Path(shared) / "reference"
     if not ref.is_dir():
         raise InputFormatError(f"{shared}: no reference/ directory (expected the shared data directory)")
-    cases = [Case(p.name[:-len("_fwd.npz")] + "_fwd", p, "relaxed") for p in sorted(ref.glob("*_fwd.npz"))]
+    cases = [Case(p.name[:-len("_fwd.npz")] + "_fwd", p, "reference") for p in sorted(ref.glob("*_fwd.npz"))]
     for folder in ORIGINAL_FOLDERS:
         cases += [Case(p.name[:-len(".npz")], p, "hard") for p in sorted((ref / folder).glob("*_nd_njit.npz"))]
     if not cases:
@@ -101,7 +101,7 @@ def run_case(case: Case, out_dir: Path, tolerances: Tolerances, memory_budget: s
     params = st.Params.nominal(dtype=torch.float64)
     segs = st.Segments.from_numpy(rows, dtype=torch.float64, swap=False)
     start = time.perf_counter()
-    options = st.InductionOptions(reference_time_axis=reference_time_axis and case.mode == "relaxed")
+    options = st.InductionOptions(reference_time_axis=reference_time_axis and case.mode == "reference")
     hits = st.simulate(segs, det, params, mode=case.mode, memory_budget=memory_budget, options=options)
     seconds = time.perf_counter() - start
     table = hits.to_numpy()

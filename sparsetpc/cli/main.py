@@ -46,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--memory-budget", default="2GB", help="largest chunk of work, e.g. 2GB, 512MiB")
     sim.add_argument("--events", type=int, nargs="+", help="simulate only these eventIDs (each must be in the file)")
     sim.add_argument("--no-cuts", action="store_true", help="keep every segment with dx > 0 (no track selection)")
-    sim.add_argument("--mode", default="relaxed", choices=["relaxed", "hard"], help="front end: relaxed (float ADC) or hard (larnd-sim integer ADC)")
+    sim.add_argument("--mode", default="relaxed", choices=["relaxed", "hard", "reference"],
+                     help="front end: relaxed (the expectation of hard mode over the noise: float ADC, every readout "
+                          "with its probability), hard (larnd-sim's integer ADC; with --noise: data), or reference "
+                          "(the differentiable reference model's front end)")
     sim.add_argument("--noise", action="store_true", help="electronics noise (seeded)")
     sim.add_argument("--seed", type=int, default=0, help="noise seed (non-negative)")
     sim.add_argument("--format", default="sparsetpc", choices=["sparsetpc", "packets"],
@@ -97,6 +100,9 @@ def check_memory_budget(text: str) -> int:
 def _check_simulate_arguments(args) -> None:
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
+    if args.noise and args.mode == "relaxed":
+        raise UsageError("--noise with --mode relaxed: the relaxed front end is the expectation over the noise; "
+                         "simulate noisy data with --mode hard --noise")
     if args.seed < 0:
         raise UsageError(f"--seed must be non-negative, got {args.seed}")
     if args.events is not None:
@@ -179,7 +185,7 @@ def _simulate(args) -> int:
         rows = segments.rows
         if failed and rows is not None:
             rows = rows[np.isin(rows["eventID"], done)]
-        pedestal = st.FrontEnd().pedestal(hard=(args.mode == "hard"))
+        pedestal = st.FrontEnd().pedestal(mode=args.mode)
         write_hits(out, merged, rows, adc_pedestal=pedestal, mode=args.mode,
                    metadata={"mode": args.mode, "dtype": args.dtype, "device": args.device,
                              "params": params.as_dict(), "input": str(args.input),
