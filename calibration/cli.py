@@ -7,13 +7,20 @@ Examples::
     python -m calibration fit --input mixed_sample.h5 --param-file param_list.yaml --link-vdrift-efield \\
         --closure-seed 2 --scheduler ExponentialLR --scheduler-kwargs '{"gamma": 0.95}' --out fit6
     python -m calibration fit ... --out fit6 --resume          # continue a killed fit exactly
+    python -m calibration fit --input sample.h5 --target-file packets.h5 --params Ab --out fit_data
     torchrun --nproc_per_node 2 -m calibration fit ...         # data parallel (gloo on CPU)
+
+Errors: every argument, input file and the output directory are checked before any simulation; an expected
+failure prints one line ``sparsetpc-calibrate: error: ...`` and exits 2 (traceback with --debug).  A resume
+refuses a checkpoint written by a fit with another definition (input, targets, selection, parameters, loss,
+noise, dtype...) unless --resume-force; exit 3 = stopped by --stop-after (test hook).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -21,28 +28,52 @@ from typing import Dict, List, Optional
 
 import torch
 
+from sparsetpc.cli.errors import UsageError, run_guarded
+
+PROG = "sparsetpc-calibrate"
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64, "float": torch.float32}
+MODES = ("relaxed", "hard")
 
 
 def _key_values(items: Optional[List[str]], what: str) -> Dict[str, float]:
     out = {}
     for item in items or []:
         if "=" not in item:
-            raise SystemExit(f"{what}: expected NAME=VALUE, got {item!r}")
+            raise UsageError(f"{what}: expected NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        out[k.strip()] = float(v)
+        try:
+            value = float(v)
+        except ValueError:
+            raise UsageError(f"{what}: {item!r}: {v!r} is not a number") from None
+        if not math.isfinite(value):
+            raise UsageError(f"{what}: {item!r}: value must be finite")
+        if k.strip() in out:
+            raise UsageError(f"{what}: {k.strip()} given twice")
+        out[k.strip()] = value
     return out
 
 
-def _options(items: Optional[List[str]]) -> Dict[str, object]:
+def _options(items: Optional[List[str]], what: str = "--loss-opt") -> Dict[str, object]:
     out = {}
     for item in items or []:
+        if "=" not in item or not item.partition("=")[0]:
+            raise UsageError(f"{what}: expected KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         try:
             out[k] = json.loads(v)
         except json.JSONDecodeError:
             out[k] = v
     return out
+
+
+def _json_object(text: str, option: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{option}: not valid JSON ({error.msg} at character {error.pos}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"{option}: expected a JSON object such as '{{\"gamma\": 0.9}}', got {text!r}")
+    return value
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,7 +100,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("targets")
     g.add_argument("--closure-seed", type=int, default=None, help="closure test: targets uniform in ranges")
     g.add_argument("--target-values", nargs="+", default=None, metavar="NAME=VALUE", help="explicit closure targets")
-    g.add_argument("--target-file", default=None, help="target hits (HDF5 `hits`); implies --group event")
+    g.add_argument("--target-file", default=None,
+                   help="target readouts: sparsetpc hits HDF5 (`hits`) or larnd-sim packets HDF5 (`packets`, "
+                        "detected from the file); implies --group event; the events simulated are those in the file")
+    g.add_argument("--layout", default=None,
+                   help="larnd-sim pixel layout YAML for a packets --target-file (default: built-in 2.2.16)")
     g.add_argument("--init-values", nargs="+", default=None, metavar="NAME=VALUE", help="initial values (default nominal)")
     g.add_argument("--init-seed", type=int, default=None, help="initial values uniform in ranges with this seed")
     g.add_argument("--no-noise", action="store_true", help="no electronics noise in target and guess")
@@ -84,7 +119,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="loss options, e.g. temperature=0.1, eps=0.05, gamma=1")
     g = p.add_argument_group("simulation")
     g.add_argument("--memory-budget", default=None, help="e.g. 2GB (passed to sparsetpc.simulate)")
-    g.add_argument("--mode", default="relaxed", help="simulation mode (relaxed | hard)")
+    g.add_argument("--mode", choices=MODES, default="relaxed", help="simulation mode")
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
     g.add_argument("--out", required=True, help="output directory")
@@ -92,6 +127,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (1 is fastest for small batches on a busy CPU)")
     g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--scheduler-step", choices=("epoch", "iteration"), default="epoch")
     g.add_argument("--no-shuffle", action="store_true", help="fixed batch order")
     g.add_argument("--checkpoint-every", type=int, default=10)
-    g.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt if present")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from DIR/checkpoint.pt if present; refused if it was written by another fit "
+                        "definition (input, targets, selection, parameters, loss, noise, dtype)")
+    g.add_argument("--resume-force", action="store_true",
+                   help="--resume even if the checkpoint's fit definition differs (the differences are printed)")
     g.add_argument("--history-format", choices=("json", "hdf5"), default="json")
     g.add_argument("--no-hessian", action="store_true", help="skip the uncertainty estimate")
     g.add_argument("--hessian-step", type=float, default=1e-3)
@@ -138,55 +178,239 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---------------------------------------------------------------------------------------------- setup
+# ---------------------------------------------------------------------------------------------- checks
 def _resolve_loss(args) -> None:
     if args.loss == "auto":
         args.loss = "space_match" if args.target_file else "mse"
     if args.loss == "mse" and args.target_file:
-        raise SystemExit("--loss mse needs simulated waveforms on both sides; a --target-file has hits only")
+        raise UsageError("--loss mse needs simulated waveforms on both sides; a --target-file has readouts only")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)
+
+
+def _check_number(args, attr: str, option: str, *, minimum=None, positive: bool = False, integer: bool = False) -> None:
+    value = getattr(args, attr, None)
+    if value is None:
+        return
+    if not integer:
+        _require(math.isfinite(value), f"{option} must be a finite number, got {value}")
+    if positive:
+        _require(value > 0, f"{option} must be > 0, got {value}")
+    if minimum is not None:
+        _require(value >= minimum, f"{option} must be >= {minimum}, got {value}")
+
+
+def _check_readable_file(path: str, option: str) -> None:
+    _require(os.path.exists(path), f"{option} {path}: no such file")
+    _require(os.path.isfile(path), f"{option} {path}: not a regular file")
+    _require(os.access(path, os.R_OK), f"{option} {path}: not readable (permission denied)")
+
+
+def _check_out_dir(path: str) -> None:
+    """The output directory: an existing writable directory, or creatable under a writable one."""
+    if os.path.exists(path):
+        _require(os.path.isdir(path), f"--out {path} exists and is not a directory")
+        _require(os.access(path, os.W_OK | os.X_OK), f"--out {path}: directory is not writable")
+        return
+    existing = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    _require(os.path.isdir(existing), f"--out {path}: {existing} is not a directory")
+    _require(os.access(existing, os.W_OK | os.X_OK), f"--out {path}: cannot create it, {existing} is not writable")
 
 
 def _paramset(args):
-    from .paramsets import ParamSet
+    from .paramsets import ParamSet, ParamSetError
     kw = dict(lr=args.lr, norm=args.norm, link_vdrift_efield=args.link_vdrift_efield,
               default_bounds=not args.no_bounds)
     if args.param_file:
         import yaml
+        _check_readable_file(args.param_file, "--param-file")
         with open(args.param_file) as handle:
-            mapping = yaml.safe_load(handle)
+            try:
+                mapping = yaml.safe_load(handle)
+            except yaml.YAMLError as error:
+                reason = " ".join(str(error).split())
+                raise UsageError(f"--param-file {args.param_file}: not valid YAML ({reason})") from None
+        if not isinstance(mapping, dict) or not mapping:
+            raise ParamSetError(f"--param-file {args.param_file}: expected a non-empty mapping name -> lr "
+                                f"(or name -> {{lr, norm, bounds}}), got {type(mapping).__name__}")
         if args.params:
             mapping = {k: v for k, v in mapping.items() if k in args.params}
             mapping.update({k: None for k in args.params if k not in mapping})
-        return ParamSet.from_mapping(mapping, **kw)
+        try:
+            return ParamSet.from_mapping(mapping, **kw)
+        except ParamSetError as error:
+            raise ParamSetError(f"--param-file {args.param_file}: {error}") from None
+        except (TypeError, ValueError, IndexError, AttributeError) as error:   # e.g. `Ab: abc`, `bounds: [1]`
+            raise UsageError(f"--param-file {args.param_file}: bad entry ({type(error).__name__}: {error}); "
+                             "expected name: lr or name: {lr, norm, bounds: [low, high]}") from None
     if not args.params:
-        raise SystemExit("give --params and/or --param-file")
+        raise UsageError("give --params and/or --param-file")
     return ParamSet.from_names(args.params, **kw)
 
 
-def _data(args, dtype, device):
-    """(forward, batches, input description)."""
-    from .batching import row_batches, segment_batches
+def _check_names(values: Dict[str, float], allowed, option: str, hint: str = "") -> None:
+    from sparsetpc.params import Params
+    for name in values:
+        if name not in Params.names():
+            raise UsageError(f"{option}: unknown parameter {name!r}; known: {', '.join(Params.names())}")
+        if name not in allowed:
+            raise UsageError(f"{option}: {name} is not fitted{hint}")
+
+
+def check_arguments(args) -> None:
+    """Every check that needs no simulation, before any work; fills args.paramset, args.loss_fn, parsed options."""
+    _resolve_loss(args)
+    fit = args.command == "fit"
+    for attr, option in (("ntracks", "--ntracks"), ("tracks_per_batch", "--tracks-per-batch"),
+                         ("threads", "--threads")):
+        _check_number(args, attr, option, minimum=1, integer=True)
+    for attr, option in (("track_seed", "--track-seed"), ("closure_seed", "--closure-seed"),
+                         ("init_seed", "--init-seed"), ("seed", "--seed")):
+        _check_number(args, attr, option, minimum=0, integer=True)
+    _check_number(args, "lr", "--lr", positive=True)
+    if args.min_abs_segment_z is not None and str(args.min_abs_segment_z).lower() != "none":
+        try:
+            z = float(args.min_abs_segment_z)
+        except ValueError:
+            raise UsageError(f"--min-abs-segment-z: expected a length in cm or `none`, got {args.min_abs_segment_z!r}") from None
+        _require(math.isfinite(z) and z >= 0, f"--min-abs-segment-z must be a finite length >= 0 cm, got {z}")
+    if args.memory_budget is not None:
+        from sparsetpc.pipeline import parse_memory
+        parse_memory(args.memory_budget)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise UsageError(f"--device {args.device!r}: {error}") from None
+    if device.type == "cuda":
+        _require(torch.cuda.is_available(), f"--device {args.device}: CUDA is not available on this machine")
+        if device.index is not None:
+            _require(device.index < torch.cuda.device_count(),
+                     f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if fit:
+        _check_number(args, "iterations", "--iterations", minimum=0, integer=True)
+        _check_number(args, "checkpoint_every", "--checkpoint-every", minimum=1, integer=True)
+        _check_number(args, "polish_lbfgs", "--polish-lbfgs", minimum=0, integer=True)
+        _check_number(args, "stop_after", "--stop-after", minimum=0, integer=True)
+        _check_number(args, "clip", "--clip", minimum=0)
+        _check_number(args, "polish_ftol", "--polish-ftol", minimum=0)
+        for attr, option in (("max_wall", "--max-wall"), ("polish_max_wall", "--polish-max-wall"),
+                             ("hessian_step", "--hessian-step"), ("errordef", "--errordef")):
+            _check_number(args, attr, option, positive=True)
+        _require(args.sigma_replicas == 0 or args.sigma_replicas >= 2,
+                 f"--sigma-replicas must be 0 (noise model) or >= 2, got {args.sigma_replicas}")
+        _require(not args.sigma_replicas or args.loss == "chi2", "--sigma-replicas needs --loss chi2")
+        args.optimizer_kwargs_parsed = _json_object(args.optimizer_kwargs, "--optimizer-kwargs")
+        args.scheduler_kwargs_parsed = _json_object(args.scheduler_kwargs, "--scheduler-kwargs")
+        args.polish_kwargs_parsed = _json_object(args.polish_kwargs, "--polish-kwargs")
+        if args.scheduler:
+            scheduler = getattr(torch.optim.lr_scheduler, args.scheduler, None)
+            _require(isinstance(scheduler, type), f"--scheduler {args.scheduler!r} is not a class of "
+                                                  "torch.optim.lr_scheduler (e.g. ExponentialLR, StepLR)")
+        if args.resume_force:
+            args.resume = True
+    else:
+        _check_number(args, "points", "--points", minimum=2, integer=True)
+    # files
+    if args.forward == "sim":
+        _require(bool(args.input), "--input FILE.h5 is required with the simulator forward model")
+        _check_readable_file(args.input, "--input")
+    elif args.input or args.target_file:
+        raise UsageError("--forward toy makes its own tracks: --input and --target-file need --forward sim")
+    if args.target_file:
+        _check_readable_file(args.target_file, "--target-file")
+        _require(fit, "scan needs closure targets (--closure-seed or --target-values), not --target-file")
+    if args.layout:
+        _check_readable_file(args.layout, "--layout")
+    _check_out_dir(args.out)
+    # parameters, targets, initial values
+    args.paramset = ps = _paramset(args)
+    fitted = set(ps.names)
+    args.fixed_values = _key_values(args.fixed, "--fixed")
+    _check_names(args.fixed_values, set(args.fixed_values) - fitted, "--fixed")
+    both = sorted(set(args.fixed_values) & fitted)
+    _require(not both, f"--fixed {', '.join(both)}: also fitted; a parameter is either fitted or fixed")
+    sources = [o for o, given in (("--closure-seed", args.closure_seed is not None),
+                                  ("--target-values", bool(args.target_values)),
+                                  ("--target-file", bool(args.target_file))) if given]
+    _require(len(sources) <= 1, f"choose one target source, got {' and '.join(sources)}")
+    _require(len(sources) == 1, "choose targets: --closure-seed, --target-values or --target-file")
+    args.target_values_parsed = _key_values(args.target_values, "--target-values")
+    _check_names(args.target_values_parsed, fitted, "--target-values", " (use --fixed for a non-fitted value)")
+    _require(not (args.init_values and args.init_seed is not None), "give --init-values or --init-seed, not both")
+    args.init_values_parsed = _key_values(args.init_values, "--init-values")
+    _check_names(args.init_values_parsed, fitted, "--init-values")
+    # losses
+    args.loss_fn = _loss(args)
+    if not fit:
+        args.scan_losses = {}
+        for entry in args.losses:
+            name, _, opts = entry.partition(":")
+            loss = _loss(args, name)
+            loss.options.update(_options([o for o in opts.split(",") if o], f"--losses {entry}"))
+            args.scan_losses[entry] = loss
+    # last: create the output directory (the surest test that it can be written)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"--out {args.out}: cannot create the output directory ({error.strerror or error})") from None
+    _require(os.access(args.out, os.W_OK | os.X_OK), f"--out {args.out}: directory is not writable")
+
+
+# ---------------------------------------------------------------------------------------------- setup
+def _layout(args):
+    from sparsetpc.layout import PixelLayout
+    return PixelLayout.default() if args.layout is None else PixelLayout.from_yaml(args.layout)
+
+
+def _cuts(args):
+    from sparsetpc.segments import Cuts
+    cuts = Cuts.none() if args.no_cuts else Cuts()
+    if args.min_abs_segment_z is not None:
+        value = args.min_abs_segment_z
+        cuts = dataclasses.replace(cuts, min_abs_segment_z=None if str(value).lower() == "none" else float(value))
+    return cuts
+
+
+def _data(args, dtype, device, events=None, target_format=None):
+    """(forward, batches, input description).  ``events``: simulate only these events (a target file's)."""
+    from .batching import row_batches, segment_batches, unit_keys
+    import numpy as np
     if args.forward == "toy":
         from .toy import ToyForward, make_toy_tracks
         rows = make_toy_tracks(args.ntracks or 4, seed=args.track_seed or 0, dtype=dtype, device=device)
         return (ToyForward(waveforms=args.loss == "mse"), row_batches(rows, args.tracks_per_batch),
                 {"toy_tracks": args.ntracks or 4, "track_seed": args.track_seed or 0})
-    if not args.input:
-        raise SystemExit("--input FILE.h5 is required with the simulator forward model")
-    import sparsetpc as st
-    from sparsetpc.segments import Cuts, load_segments
+    from sparsetpc.segments import load_segments
     from .forward import SimForward
-    cuts = Cuts.none() if args.no_cuts else Cuts()
-    if args.min_abs_segment_z is not None:
-        value = args.min_abs_segment_z
-        cuts = dataclasses.replace(cuts, min_abs_segment_z=None if str(value).lower() == "none" else float(value))
-    segs = load_segments(args.input, cuts=cuts, dtype=dtype, device=device)
+    cuts = _cuts(args)
+    segs = load_segments(args.input, cuts=cuts, dtype=dtype, device=device, events=events)
     group = "event" if args.target_file else args.group
+    unit = "event" if group == "event" else "track"
+    if events is not None:
+        present = set(int(e) for e in np.unique(segs.event_id.cpu().numpy()))
+        lacking = [e for e in events if e not in present]
+        if lacking:
+            shown = ", ".join(str(e) for e in lacking[:10]) + (" ..." if len(lacking) > 10 else "")
+            raise UsageError(f"--target-file {args.target_file} has {len(lacking)} event(s) that --input "
+                             f"{args.input} lacks after the selection ({shown}); their readouts could not be "
+                             "simulated (--no-cuts / --min-abs-segment-z none keep more segments)")
+    available = len(np.unique(unit_keys(segs, group), axis=0))
+    if args.ntracks is not None and args.ntracks > available:
+        raise UsageError(f"--ntracks {args.ntracks}: only {available} {unit}(s) pass the selection in {args.input}")
     batches = segment_batches(segs, args.ntracks, args.tracks_per_batch, args.track_seed, group)
     forward = SimForward(memory_budget=args.memory_budget, mode=args.mode, return_waveforms=args.loss == "mse")
+    if target_format == "packets":
+        from .targets import WrittenChannelsForward
+        forward = WrittenChannelsForward(forward, _layout(args))
     info = {"input": os.path.abspath(args.input), "input_size": os.path.getsize(args.input),
             "ntracks": args.ntracks, "track_seed": args.track_seed, "group": group, "no_cuts": args.no_cuts,
-            "cuts": dataclasses.asdict(cuts)}
+            "cuts": dataclasses.asdict(cuts), "units_available": available,
+            "events": None if events is None else list(events)}
     return forward, batches, info
 
 
@@ -194,14 +418,12 @@ def _targets_and_init(args, ps):
     target_values = None
     if args.target_values:
         target_values = {s.name: s.nominal for s in ps}
-        target_values.update(_key_values(args.target_values, "--target-values"))
+        target_values.update(args.target_values_parsed)
     elif args.closure_seed is not None:
         target_values = ps.sample_uniform(args.closure_seed)
-    elif not args.target_file:
-        raise SystemExit("choose targets: --closure-seed, --target-values or --target-file")
     if args.init_values:
         init = ps.nominal_values()
-        init.update(_key_values(args.init_values, "--init-values"))
+        init.update(args.init_values_parsed)
     elif args.init_seed is not None:
         init = ps.sample_uniform(args.init_seed)
     else:
@@ -215,39 +437,87 @@ def _loss(args, name=None):
     return HitsLoss(name or args.loss, scales=scales, **_options(args.loss_opt))
 
 
+def fit_definition(args, ps, target_values, init, target_table=None) -> dict:
+    """What defines a fit: a resumed fit must have the same (checkpoint.check_definition)."""
+    from .checkpoint import file_digest
+    noise_target = not (args.no_noise or args.no_noise_target)
+    noise_guess = not (args.no_noise or args.no_noise_guess)
+    if args.forward == "toy":
+        data = {"forward": "toy", "toy_tracks": args.ntracks or 4, "track_seed": args.track_seed or 0}
+    else:
+        data = {"forward": "sim", "input": file_digest(args.input), "mode": args.mode,
+                "selection": {"ntracks": args.ntracks, "track_seed": args.track_seed,
+                              "tracks_per_batch": args.tracks_per_batch,
+                              "group": "event" if args.target_file else args.group,
+                              "cuts": dataclasses.asdict(_cuts(args)),
+                              "events": None if target_table is None else
+                              [int(e) for e in sorted(set(target_table["event_id"].tolist()))]}}
+    if args.target_file:
+        targets = {"file": file_digest(args.target_file), "layout": None if args.layout is None else
+                   file_digest(args.layout)}
+    else:
+        targets = {"closure_seed": args.closure_seed, "values": dict(target_values)}
+    return {"data": data, "targets": targets, "paramset": ps.to_dict(), "fixed": dict(args.fixed_values),
+            "initial": dict(init), "loss": args.loss_fn.describe(), "noise": {"target": noise_target,
+                                                                            "guess": noise_guess},
+            "dtype": str(DTYPES[args.dtype]), "seed": args.seed,
+            "optimizer": {"name": args.optimizer, "kwargs": args.optimizer_kwargs_parsed, "clip": args.clip,
+                          "scheduler": args.scheduler, "scheduler_kwargs": args.scheduler_kwargs_parsed,
+                          "scheduler_step": args.scheduler_step, "shuffle": not args.no_shuffle},
+            "sigma_replicas": args.sigma_replicas}
+
+
 # ---------------------------------------------------------------------------------------------- commands
 def cmd_fit(args) -> int:
+    from . import checkpoint as ckpt
     from .distributed import init_from_env
     from .fitter import FitConfig, Fitter
-    from .targets import targets_from_file
+    from .targets import read_target_table, target_events, target_file_format, targets_from_file
     dtype, device = DTYPES[args.dtype], args.device
+    ps = args.paramset
+    target_values, init = _targets_and_init(args, ps)
+    target_table = target_format = None
+    if args.target_file:                      # read (and checked: finite, not empty) before any simulation
+        target_format = target_file_format(args.target_file)
+        target_table = read_target_table(args.target_file, _layout(args) if target_format == "packets" else None)
+    definition = fit_definition(args, ps, target_values, init, target_table)
+    ck_path = ckpt.checkpoint_path(args.out)
+    if args.resume and os.path.exists(ck_path):
+        diffs = ckpt.check_definition(ck_path, ckpt.load_checkpoint(ck_path), definition, force=args.resume_force)
+        if diffs:
+            print(f"{PROG}: warning: --resume-force: resuming {ck_path} although " + "; ".join(diffs),
+                  file=sys.stderr)
+    elif args.resume:
+        print(f"{PROG}: note: no checkpoint in {args.out}; starting the fit from the beginning", file=sys.stderr)
     dist = init_from_env(device)
     try:
-        ps = _paramset(args)
-        forward, batches, info = _data(args, dtype, device)
-        target_values, init = _targets_and_init(args, ps)
+        events = None if target_table is None else target_events(target_table)
+        forward, batches, info = _data(args, dtype, device, events=events, target_format=target_format)
         noise_target = not (args.no_noise or args.no_noise_target)
         noise_guess = not (args.no_noise or args.no_noise_guess)
         config = FitConfig(
-            iterations=args.iterations, optimizer=args.optimizer, optimizer_kwargs=json.loads(args.optimizer_kwargs),
-            clip_norm=args.clip or None, scheduler=args.scheduler, scheduler_kwargs=json.loads(args.scheduler_kwargs),
+            iterations=args.iterations, optimizer=args.optimizer, optimizer_kwargs=args.optimizer_kwargs_parsed,
+            clip_norm=args.clip or None, scheduler=args.scheduler, scheduler_kwargs=args.scheduler_kwargs_parsed,
             scheduler_step=args.scheduler_step, checkpoint_every=args.checkpoint_every, seed=args.seed,
             shuffle=not args.no_shuffle, noise_guess=noise_guess, progress=not args.no_progress,
             history_format=args.history_format, stop_after=args.stop_after, hessian=not args.no_hessian,
             hessian_step=args.hessian_step, errordef_up=args.errordef, plots=not args.no_plots,
-            polish_lbfgs=args.polish_lbfgs, polish_kwargs=json.loads(args.polish_kwargs), max_wall_s=args.max_wall,
+            polish_lbfgs=args.polish_lbfgs, polish_kwargs=args.polish_kwargs_parsed, max_wall_s=args.max_wall,
             polish_max_wall_s=args.polish_max_wall, polish_ftol=args.polish_ftol,
             sigma_replicas=args.sigma_replicas)
         targets = None
         if args.target_file:
-            targets = targets_from_file(args.target_file, [dist.shard(b) for b in batches], dtype, device)
-        meta = {"input": info, "loss": _loss(args).describe(), "noise_target": noise_target,
-                "closure_seed": args.closure_seed, "argv": sys.argv}
+            targets = targets_from_file(args.target_file, [dist.shard(b) for b in batches], dtype, device,
+                                        table=target_table)
+            info["target_file"] = {"path": os.path.abspath(args.target_file), "format": target_format,
+                                   "readouts": int(len(target_table))}
+        meta = {"input": info, "loss": args.loss_fn.describe(), "noise_target": noise_target,
+                "closure_seed": args.closure_seed, "argv": sys.argv, "definition": definition}
         os.makedirs(args.out, exist_ok=True)
-        fitter = Fitter(ps, forward, _loss(args), batches, config, targets=targets, target_values=target_values,
-                        target_noise=noise_target, initial_values=init, fixed=_key_values(args.fixed, "--fixed"),
+        fitter = Fitter(ps, forward, args.loss_fn, batches, config, targets=targets, target_values=target_values,
+                        target_noise=noise_target, initial_values=init, fixed=args.fixed_values,
                         out_dir=args.out, dist=dist, dtype=dtype, device=device, meta=meta)
-        result = fitter.run(resume=args.resume)
+        result = fitter.run(resume=args.resume, resume_force=args.resume_force)
         if dist.is_main:
             if result.get("interrupted"):
                 print(f"stopped after iteration {result['iteration']} (--stop-after)", file=sys.stderr)
@@ -273,31 +543,24 @@ def cmd_scan(args) -> int:
     from .scan import loss_scan
     from .targets import simulate_targets
     dtype, device = DTYPES[args.dtype], args.device
-    ps = _paramset(args)
+    ps = args.paramset
+    target_values, _ = _targets_and_init(args, ps)
     forward, batches, info = _data(args, dtype, device)
     if any(e.partition(":")[0] == "mse" for e in args.losses):
         for attr in ("return_waveforms", "waveforms"):
             if hasattr(forward, attr):
                 setattr(forward, attr, True)
-    target_values, _ = _targets_and_init(args, ps)
-    if target_values is None:
-        raise SystemExit("scan needs closure targets (--closure-seed or --target-values)")
     noise_target = not (args.no_noise or args.no_noise_target)
     targets = simulate_targets(forward, ps, batches, target_values, dtype=dtype, device=device, noise=noise_target,
-                               seed=args.seed, fixed=_key_values(args.fixed, "--fixed"))
-    losses = {}
-    for entry in args.losses:                      # NAME or NAME:key=value,key=value (e.g. space_match:temperature=0.5)
-        name, _, opts = entry.partition(":")
-        loss = _loss(args, name)
-        loss.options.update(_options([o for o in opts.split(",") if o]))
-        losses[entry] = loss
+                               seed=args.seed, fixed=args.fixed_values)
+    losses = args.scan_losses
     scans = []
     os.makedirs(args.out, exist_ok=True)
     t0 = time.perf_counter()
     for spec in ps:
         values = np.linspace(spec.low, spec.high, args.points)
         scan = loss_scan(forward, ps, batches, targets, losses, spec.name, values, target_values, dtype=dtype,
-                         device=device, fixed=_key_values(args.fixed, "--fixed"))
+                         device=device, fixed=args.fixed_values)
         scans.append(scan)
         plot_scan(scan, os.path.join(args.out, f"scan_{spec.name}.png"))
         print(f"{spec.name}: " + ", ".join(f"{k}: minima={v['n_local_minima']} rough={v['roughness']:.3g} "
@@ -307,15 +570,25 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+def _expected_errors() -> tuple:
+    """The calibration package's own exceptions (expected failures: one line, exit 2)."""
+    from .checkpoint import CheckpointError
+    from .paramsets import ParamSetError
+    return (ParamSetError, CheckpointError)
+
+
+def _run(args) -> int:
+    check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if hasattr(args, "loss"):
-        _resolve_loss(args)
     if args.command == "fit":
         return cmd_fit(args)
     return cmd_scan(args)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_guarded(PROG, lambda: _run(args), debug=args.debug, extra_expected=_expected_errors())
 
 
 if __name__ == "__main__":

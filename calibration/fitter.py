@@ -71,6 +71,20 @@ class FitInterrupted(Exception):
     pass
 
 
+def _check_config(config: FitConfig) -> None:
+    """Refuse settings that cannot work, before any simulation (the CLI checks its arguments the same way)."""
+    if config.iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {config.iterations}")
+    if config.checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {config.checkpoint_every}")
+    for name in ("max_wall_s", "polish_max_wall_s"):
+        value = getattr(config, name)
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number of seconds, got {value}")
+    if config.polish_lbfgs < 0:
+        raise ValueError(f"polish_lbfgs must be >= 0, got {config.polish_lbfgs}")
+
+
 class Fitter:
     def __init__(self, paramset: ParamSet, forward: Callable, loss_fn: Callable, batches: Sequence,
                  config: FitConfig, *, targets: Optional[Sequence] = None,
@@ -82,6 +96,7 @@ class Fitter:
             raise ValueError("no batch to fit (did the selection keep any track?)")
         if config.optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown optimizer {config.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
+        _check_config(config)
         self.paramset = paramset
         self.forward = forward
         self.loss_fn = loss_fn
@@ -229,7 +244,10 @@ class Fitter:
             path_fn(*args)
 
     # ------------------------------------------------------------------ main loop
-    def run(self, resume: bool = False) -> Dict[str, Any]:
+    def run(self, resume: bool = False, resume_force: bool = False) -> Dict[str, Any]:
+        """Fit; ``resume``: continue from ``out_dir/checkpoint.pt`` when present, refusing a checkpoint of another
+        fit definition (``meta["definition"]``) unless ``resume_force``.  The wall time (``max_wall_s`` budget,
+        ``wall_time_s`` of the result) continues from the checkpoint's."""
         cfg = self.config
         ps = self.paramset
         leaves = ps.make_leaves(self.initial_values, dtype=self.dtype, device=self.device)
@@ -242,8 +260,14 @@ class Fitter:
         if resume and ck_path is not None and os.path.exists(ck_path):
             state = ckpt.load_checkpoint(ck_path)
             saved = state["meta"].get("params")
-            if saved is not None and saved != ps.names:
-                raise ValueError(f"checkpoint fits {saved}, this run fits {ps.names}")
+            if saved is not None and saved != ps.names and not resume_force:
+                raise ckpt.CheckpointMismatchError(f"{ck_path}: checkpoint fits {saved}, this run fits {ps.names}")
+            if saved is not None and len(saved) != len(ps.names):
+                raise ckpt.CheckpointMismatchError(f"{ck_path}: checkpoint fits {len(saved)} parameter(s) "
+                                                   f"{saved}, this run {len(ps.names)}: cannot resume even forced")
+            self.resume_differences = ckpt.check_definition(ck_path, state, self.meta.get("definition"),
+                                                            force=resume_force)
+            self.resumed_from = int(state["iteration"])
             with torch.no_grad():
                 for leaf, value in zip(leaves, state["leaves"]):
                     leaf.copy_(value.to(dtype=leaf.dtype, device=leaf.device))
@@ -266,12 +290,22 @@ class Fitter:
         it = start
         done_here = 0
         history_name = "history.json" if cfg.history_format == "json" else "history.h5"
+
+        def save_checkpoint():
+            wall = wall_prev + time.perf_counter() - t0
+            self._write(lambda: ckpt.save_checkpoint(
+                ck_path, iteration=it, leaves=leaves, optimizer=optimizer, scheduler=scheduler,
+                history=history, wall_time_s=wall, meta={"params": ps.names, "config": cfg.to_dict(),
+                                                         "definition": self.meta.get("definition")}))
+            self._write(lambda: history.save(os.path.join(self.out_dir, history_name), cfg.history_format))
         try:
             while it < cfg.iterations:
                 if cfg.stop_after is not None and done_here >= cfg.stop_after:
                     return {"interrupted": True, "iteration": it}
                 if cfg.max_wall_s is not None and wall_prev + time.perf_counter() - t0 > cfg.max_wall_s:
                     self.stopped_by_wall = True
+                    if ck_path is not None and it > start:
+                        save_checkpoint()        # a resume with a larger budget continues from here
                     break
                 epoch, pos = divmod(it, nb)
                 b = int(self._order(epoch)[pos])
@@ -313,11 +347,7 @@ class Fitter:
                     pbar.set_postfix({"loss": f"{loss_value:.4g}",
                                       **{k: f"{v:.4g}" for k, v in ps.physical_values(leaves).items()}})
                 if ck_path is not None and (it % max(cfg.checkpoint_every, 1) == 0 or it == cfg.iterations):
-                    wall = wall_prev + time.perf_counter() - t0
-                    self._write(lambda: ckpt.save_checkpoint(
-                        ck_path, iteration=it, leaves=leaves, optimizer=optimizer, scheduler=scheduler,
-                        history=history, wall_time_s=wall, meta={"params": ps.names, "config": cfg.to_dict()}))
-                    self._write(lambda: history.save(os.path.join(self.out_dir, history_name), cfg.history_format))
+                    save_checkpoint()
         finally:
             if pbar is not None:
                 pbar.close()
@@ -473,7 +503,9 @@ class Fitter:
             "polish": polish,
             "loss_counts": getattr(self.loss_fn, "last_counts", None),   # of the last batch of the final evaluation
             "stopped_by_wall_time": bool(getattr(self, "stopped_by_wall", False)),
-            "wall_time_s": float(wall),
+            "wall_time_s": float(wall),      # whole fit, across resumes (loop, polish, Hessian; not the setup)
+            "resumed_from_iteration": getattr(self, "resumed_from", None),
+            "resume_differences": getattr(self, "resume_differences", None) or None,
             "world_size": self.dist.world,
             "link_vdrift_efield": ps.link_vdrift_efield,
             "config": cfg.to_dict(),

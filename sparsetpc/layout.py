@@ -1,8 +1,10 @@
 """LArPix pixel layout: tile geometry, pixel grid and the chip/channel wiring.
 
 The layout is larnd-sim's ``multi_tile_layout-*.yaml`` (lengths in **mm**, tile positions ordered
-[drift, y, x]).  :meth:`PixelLayout.default` generates the geometry of layout 2.2.16 (module 0) from a
-handful of numbers; the chip/channel wiring is not generated (see below) and needs the YAML.
+[drift, y, x]).  :meth:`PixelLayout.default` is layout 2.2.16 (module 0) built into the package: its geometry
+is generated from a handful of numbers and its chip/channel wiring comes from the compact tables of
+:mod:`sparsetpc.wiring_2_2_16`, so packets can be written and read without the YAML.  Other layouts are read
+with :meth:`PixelLayout.from_yaml` (``--layout`` on the command lines).
 
 Pixel convention used everywhere in sparsetpc: a pixel is ``(plane, ix, iy)`` with
 ``ix = floor((x - x0) / p)`` in ``[0, nx)``, ``iy = floor((y - y0) / p)`` in ``[0, ny)`` and centre
@@ -20,13 +22,13 @@ Wiring (how larnd-sim's ``fee.export_to_hdf5`` names a pixel's readout channel):
   and the chip in ``tile_chip_to_io[tile]`` (``io_group*1000 + io_channel``).  Chips absent from
   ``tile_chip_to_io`` are not read out.
 
-Why the wiring is not generated: ``chip_channel_to_position`` does follow a rule in 2.2.16 (chip
+How the 2.2.16 wiring is built in: ``chip_channel_to_position`` follows a rule (chip
 ``11 + i//7 + 10*(9 - j//7)`` holds the 7×7 block of pixel (i, j), and every chip routes its 49 connected
-channels to the same places in its block; 15 of the 64 channels are not routed), but the rule still needs
-that 49-entry routing table, and ``tile_chip_to_io`` is irregular hardware configuration: chips missing
-(tile 7 lacks chip 12, tile 15 lacks 15 chips), and the chips of tiles 7 and 15 spread over 3 and 2 io
-channels instead of 4.  So :meth:`PixelLayout.default` carries the geometry only, and anything that needs the
-wiring raises :class:`~sparsetpc.exceptions.GeometryError` asking for the layout YAML.
+channels to the same places in its block; 15 of the 64 channels are not routed), so it is stored as that
+49-entry routing table.  ``tile_chip_to_io`` is irregular hardware configuration (chips missing: tile 7 lacks
+chip 12, tile 15 lacks 15 chips; the chips of tiles 4, 6, 7, 15 and 16 spread over 2 or 3 io channels instead
+of 4), so it is stored explicitly, one character per chip.  ``tests/test_builtin_wiring.py`` checks both
+against the YAML entry for entry.  ``PixelLayout.default(wiring=False)`` gives the geometry alone.
 """
 from __future__ import annotations
 
@@ -48,9 +50,9 @@ _DEFAULT_TILE_X_MM = (-155.2, 155.2)      # tile-centre columns
 _DEFAULT_TILE_Y_MM = (465.2, 155.2, -155.2, -465.2)  # tile-centre rows, in tile-number order
 
 #: Message of every error raised when the wiring is needed but the layout has none.
-_NEEDS_WIRING = ("the chip/channel wiring (chip_channel_to_position, tile_chip_to_io) is irregular hardware "
-                 "wiring that sparsetpc does not generate; give larnd-sim's layout file "
-                 "(e.g. --layout multi_tile_layout-2.2.16.yaml, PixelLayout.from_yaml)")
+_NEEDS_WIRING = ("give a layout with chip_channel_to_position and tile_chip_to_io (larnd-sim's layout file, "
+                 "e.g. --layout multi_tile_layout-2.2.16.yaml, PixelLayout.from_yaml), or use "
+                 "PixelLayout.default(), which has the 2.2.16 wiring built in")
 
 
 def _default_tiles() -> Tuple[np.ndarray, np.ndarray]:
@@ -122,12 +124,21 @@ class PixelLayout:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def default(cls) -> "PixelLayout":
-        """Geometry of layout 2.2.16 (module 0), generated; no chip/channel wiring."""
+    def default(cls, wiring: bool = True) -> "PixelLayout":
+        """Layout 2.2.16 (module 0): generated geometry and the built-in chip/channel wiring
+        (:mod:`sparsetpc.wiring_2_2_16`); ``wiring=False`` leaves the wiring out (geometry only)."""
+        from . import wiring_2_2_16
         positions, orientations = _default_tiles()
-        return cls(pitch_mm=_DEFAULT_PITCH_MM, tile_ids=np.arange(1, len(positions) + 1),
-                   tile_positions=positions, tile_orientations=orientations,
-                   n_pixels_per_tile=_DEFAULT_PIXELS_PER_TILE, version="2.2.16 (generated geometry)",
+        tile_ids = np.arange(1, len(positions) + 1)
+        if not wiring:
+            return cls(pitch_mm=_DEFAULT_PITCH_MM, tile_ids=tile_ids, tile_positions=positions,
+                       tile_orientations=orientations, n_pixels_per_tile=_DEFAULT_PIXELS_PER_TILE,
+                       version="2.2.16 (generated geometry)", source="PixelLayout.default(wiring=False)")
+        return cls(pitch_mm=_DEFAULT_PITCH_MM, tile_ids=tile_ids, tile_positions=positions,
+                   tile_orientations=orientations, n_pixels_per_tile=_DEFAULT_PIXELS_PER_TILE,
+                   tile_indeces=wiring_2_2_16.tile_indeces(),
+                   chip_channel_to_position=wiring_2_2_16.chip_channel_to_position(),
+                   tile_chip_to_io=wiring_2_2_16.tile_chip_to_io(), version="2.2.16", tile_layout_version="2.4.0",
                    source="PixelLayout.default()")
 
     @classmethod

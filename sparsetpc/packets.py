@@ -331,7 +331,8 @@ def read_packets(path, layout, borders: Optional[np.ndarray] = None, time_axis: 
         if "mc_packets_assn" in handle:
             assn = handle["mc_packets_assn"][()]
             if assn.dtype.names and "track_ids" in assn.dtype.names and len(assn) == len(packets):
-                track_ids = np.asarray(assn["track_ids"]).reshape(len(assn), -1)
+                ids = np.asarray(assn["track_ids"])
+                track_ids = ids.reshape(len(assn), -1) if len(assn) else ids.reshape(0, max(ids.size, 5))
         file_axis = handle.attrs.get("sparsetpc_time_axis", "larnd-sim")
         if isinstance(file_axis, bytes):
             file_axis = file_axis.decode()

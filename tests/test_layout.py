@@ -29,7 +29,8 @@ def test_default_geometry():
     assert lay.n_tiles == 16 and lay.n_planes == 2
     assert lay.n_pixels == (140, 280) and lay.n_pixels_per_tile == (70, 70)
     assert lay.tile_map.tolist() == [list(map(list, p)) for p in LARNDSIM_TILE_MAP]
-    assert not lay.has_wiring
+    assert lay.has_wiring                                   # built in (tests/test_builtin_wiring.py)
+    assert not PixelLayout.default(wiring=False).has_wiring
 
 
 @pytest.mark.parametrize("source", ["default", "yaml"])
@@ -78,8 +79,8 @@ def test_generated_default_equals_yaml_geometry(yaml_layout):
     assert yaml_layout.tile_indeces[16] == (1, 2, 8)
 
 
-def test_default_wiring_raises_clear_error():
-    lay = PixelLayout.default()
+def test_geometry_only_layout_raises_clear_error():
+    lay = PixelLayout.default(wiring=False)
     with pytest.raises(GeometryError, match="--layout"):
         lay.pixel_to_channel(0, 10, 10)
     with pytest.raises(GeometryError, match="wiring"):

@@ -90,7 +90,11 @@ def test_packets_through_read_hits(case, layout):
     have = {tuple(r) + (round(t, 6),) for r, t in zip(orig[cols].tolist(), orig["t"])}
     assert all(tuple(r) + (round(t, 6),) in have for r, t in zip(table.hits[cols].tolist(), table.hits["t"]))
     with pytest.raises(InputFormatError, match="wiring"):
-        read_hits(SHARED / "reference" / "larndsim_packets" / f"{case}_larndsim_packets.h5")
+        read_hits(SHARED / "reference" / "larndsim_packets" / f"{case}_larndsim_packets.h5",
+                  layout=PixelLayout.default(wiring=False))
+    # the default layout has the 2.2.16 wiring built in: same readouts as with the YAML
+    default = read_hits(SHARED / "reference" / "larndsim_packets" / f"{case}_larndsim_packets.h5")
+    assert default.hits.tolist() == table.hits.tolist()
 
 
 def sample_hits(n=4):
