@@ -536,7 +536,8 @@ def sparsetpc_run(case: dict):
         rows[name] = case["rows"][:, j]
     t_start = time.perf_counter()
     hits = st.simulate(st.Segments.from_numpy(rows, swap=False), st.Detector.default(), st.Params.nominal(),
-                       options=st.InductionOptions(reference_time_axis=True), return_waveforms=True)
+                       options=st.InductionOptions(reference_time_axis=True), return_waveforms=True,
+                       mode="reference")
     elapsed = time.perf_counter() - t_start
     index = {(int(a), int(b)): i for i, (a, b) in enumerate(case["pixel_ids"])}
     U = len(case["pixel_ids"])

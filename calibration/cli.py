@@ -32,7 +32,7 @@ from sparsetpc.cli.errors import UsageError, run_guarded
 
 PROG = "sparsetpc-calibrate"
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64, "float": torch.float32}
-MODES = ("relaxed", "hard")
+MODES = ("relaxed", "hard", "reference")
 
 
 def _key_values(items: Optional[List[str]], what: str) -> Dict[str, float]:
@@ -441,7 +441,8 @@ def fit_definition(args, ps, target_values, init, target_table=None) -> dict:
     """What defines a fit: a resumed fit must have the same (checkpoint.check_definition)."""
     from .checkpoint import file_digest
     noise_target = not (args.no_noise or args.no_noise_target)
-    noise_guess = not (args.no_noise or args.no_noise_guess)
+    # the relaxed guess is already the expectation over the noise; only the reference front end draws it
+    noise_guess = not (args.no_noise or args.no_noise_guess) and args.mode == "reference"
     if args.forward == "toy":
         data = {"forward": "toy", "toy_tracks": args.ntracks or 4, "track_seed": args.track_seed or 0}
     else:
@@ -494,7 +495,8 @@ def cmd_fit(args) -> int:
         events = None if target_table is None else target_events(target_table)
         forward, batches, info = _data(args, dtype, device, events=events, target_format=target_format)
         noise_target = not (args.no_noise or args.no_noise_target)
-        noise_guess = not (args.no_noise or args.no_noise_guess)
+        # the relaxed guess is already the expectation over the noise; only the reference front end draws it
+        noise_guess = not (args.no_noise or args.no_noise_guess) and args.mode == "reference"
         config = FitConfig(
             iterations=args.iterations, optimizer=args.optimizer, optimizer_kwargs=args.optimizer_kwargs_parsed,
             clip_norm=args.clip or None, scheduler=args.scheduler, scheduler_kwargs=args.scheduler_kwargs_parsed,

@@ -248,6 +248,4 @@ class WrittenChannelsForward:
                                     self.layout)
         if keep.all():
             return hits
-        index = torch.as_tensor(np.flatnonzero(keep), dtype=torch.long, device=hits.adc.device)
-        per_readout = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
-        return dataclasses.replace(hits, **{name: getattr(hits, name)[index] for name in per_readout})
+        return hits.select(torch.as_tensor(keep, dtype=torch.bool, device=hits.adc.device))

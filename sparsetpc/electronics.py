@@ -190,13 +190,14 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
     stored_column = stored.sum(dim=2)                                                           # [2U, W]
     failed_column = failed.sum(dim=2)
     outputs = torch.stack([stored_column.sum(dim=1), stored_value.sum(dim=(1, 2)),
-                           (stored_column * columns_f).sum(dim=1), (stored_column * end_f).sum(dim=1),
-                           failed_column.sum(dim=1), (failed_column * end_f).sum(dim=1)])       # [6, 2U]
+                           (stored_column * columns_f).sum(dim=1), (stored_column * end_f[rows]).sum(dim=1),
+                           failed_column.sum(dim=1), (failed_column * end_f[rows]).sum(dim=1)])       # [6, 2U]
     mixed = outputs[:, :n_pixels] * (1.0 - fraction) + outputs[:, n_pixels:] * fraction
     return tuple(mixed)
 
 
-def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optional[torch.Tensor] = None):
+def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optional[torch.Tensor] = None,
+                     row_width: Optional[torch.Tensor] = None):
     """The expectation of :func:`hard_readout` with noise, smooth in ``charge`` [U, W] (e⁻ per tick, column 0 empty).
 
     A walk attempt starts at a continuous position p (0 for the first) with a reset baseline b ~ N(0, σ_b²)
@@ -212,6 +213,8 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     beyond quadrature).  Returned per readout: the probability that it exists (``weight``), the expected ADC and
     crossing column given that it exists.
 
+    ``row_width`` [U] (optional): each row's own window width when rows are zero-padded to a common one (the
+    integration end is clamped to the row's last column, so results do not depend on the padding).
     ``horizon`` [U] (optional, continuous column): the last column that may trigger; columns beyond it are
     weighed out smoothly (exposure clamp(horizon + 1 − k, 0, 1)), so that the window over which noise may
     trigger on a residual charge does not step with integer window ends.  Default: the whole window.
@@ -226,8 +229,10 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     columns_f = columns.to(dtype)
     cumulative = torch.cumsum(charge, dim=1)
     padded = torch.cat([charge.new_zeros((n_pixels, 1)), cumulative], dim=1)  # padded[:, k] = C_{k−1}
-    end_column = torch.clamp(columns + front_end.integration_ticks, max=width - 1)
-    read_charge = cumulative[:, end_column]                                   # C_{min(k+18, W−1)}
+    last = torch.full((n_pixels,), width - 1, dtype=torch.long, device=charge.device) if row_width is None \
+        else torch.clamp(row_width.to(charge.device).long() - 1, min=0, max=width - 1)
+    end_column = torch.minimum(columns[None, :] + front_end.integration_ticks, last[:, None])     # [U, W]
+    read_charge = cumulative.gather(1, end_column)                            # C_{min(k+18, W−1)}
     if front_end.double_count_crossing:
         read_charge = read_charge + charge
     end_f = end_column.to(dtype)

@@ -96,7 +96,7 @@ def _group_waveforms(buffer, plan, rows):
 
 
 def _relaxed_group(buffer, plan, rows, front_end, horizon):
-    return expected_readout(_group_waveforms(buffer, plan, rows), front_end, horizon[rows])
+    return expected_readout(_group_waveforms(buffer, plan, rows), front_end, horizon[rows], plan.pixel_width[rows])
 
 
 def _reference_group(buffer, plan, rows, front_end, draws):

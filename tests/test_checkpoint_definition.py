@@ -31,7 +31,7 @@ def killed_toy_fit(capsys, out, *extra):
 @pytest.mark.parametrize("change,named", [
     (["--closure-seed", "2"], "targets.closure_seed"),
     (["--closure-seed", "1", "--loss", "chamfer"], "loss.name"),
-    (["--closure-seed", "1", "--no-noise"], "noise.guess"),
+    (["--closure-seed", "1", "--no-noise"], "noise.target"),
     (["--closure-seed", "1", "--dtype", "float32"], "dtype"),
     (["--closure-seed", "1", "--fixed", "kb=0.05"], "fixed.kb"),
     (["--closure-seed", "1", "--init-values", "Ab=0.82"], "initial.Ab"),

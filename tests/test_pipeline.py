@@ -32,7 +32,10 @@ class TestSimulate:
         assert n > 20
         for name in ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc"):
             assert getattr(hits, name).shape == (n,)
-        assert bool((hits.adc > 74.3656 + 7.0).all())       # above threshold (7.08 counts over pedestal)
+        # relaxed ADC is the mean given that the read passed threshold: above the linear pedestal 73.8656 by the
+        # threshold's 7.08 counts; weights are probabilities
+        assert bool((hits.adc > 73.8656 + 7.0).all())
+        assert bool(((hits.weight > 0) & (hits.weight <= 1 + 1e-12)).all())
         keys = hits.pixel * 10 + hits.readout
         assert bool((keys[1:] > keys[:-1]).all())            # sorted by pixel then readout, unique
         wf = hits.waveforms
@@ -45,7 +48,17 @@ class TestSimulate:
         a = st.simulate(example_segments, DET, st.Params.nominal(), memory_budget="4GB")
         b = st.simulate(example_segments, DET, st.Params.nominal(), memory_budget="2MB")
         assert torch.equal(a.pixel, b.pixel) and torch.equal(a.readout, b.readout)
-        assert torch.allclose(a.adc, b.adc, rtol=0, atol=1e-9) and torch.allclose(a.t, b.t, rtol=0, atol=1e-9)
+        # relaxed: compare probability-weighted (readouts of probability ~1e-9 have ill-conditioned conditional
+        # means).  Measured: 2e-9 in weight and 2e-7 in weight·ADC between groupings of the front end (not yet
+        # understood; the hard and reference modes agree exactly)
+        assert torch.allclose(a.weight, b.weight, rtol=0, atol=1e-8)
+        assert torch.allclose(a.weight * a.adc, b.weight * b.adc, rtol=0, atol=1e-6)
+        assert torch.allclose(a.weight * a.t, b.weight * b.t, rtol=0, atol=1e-6)
+        for mode in ("hard", "reference"):
+            a = st.simulate(example_segments, DET, st.Params.nominal(), memory_budget="4GB", mode=mode)
+            b = st.simulate(example_segments, DET, st.Params.nominal(), memory_budget="2MB", mode=mode)
+            assert torch.equal(a.pixel, b.pixel) and torch.equal(a.readout, b.readout)
+            assert torch.allclose(a.adc, b.adc, rtol=0, atol=1e-9) and torch.allclose(a.t, b.t, rtol=0, atol=1e-9)
 
     def test_float32_close_to_float64(self, example_segments):
         a = st.simulate(example_segments, DET, st.Params.nominal(dtype=torch.float64))
@@ -62,9 +75,11 @@ class TestSimulate:
 
     def test_noise_is_seeded(self, example_segments):
         p = st.Params.nominal()
-        a = st.simulate(example_segments, DET, p, noise=True, seed=1)
-        b = st.simulate(example_segments, DET, p, noise=True, seed=1)
-        c = st.simulate(example_segments, DET, p, noise=True, seed=2)
+        a = st.simulate(example_segments, DET, p, noise=True, seed=1, mode="hard")
+        b = st.simulate(example_segments, DET, p, noise=True, seed=1, mode="hard")
+        c = st.simulate(example_segments, DET, p, noise=True, seed=2, mode="hard")
+        with pytest.raises(ValueError, match="expectation over the electronics noise"):
+            st.simulate(example_segments, DET, p, noise=True, seed=1)
         assert torch.equal(a.adc, b.adc)
         assert len(a) != len(c) or not torch.equal(a.adc, c.adc)
 
