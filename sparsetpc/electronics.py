@@ -157,7 +157,7 @@ def _gauss_hermite(n: int, like: torch.Tensor):
 
 
 def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
-                  nodes, node_weights, horizon_exposure):
+                  nodes, node_weights, horizon_exposure, last):
     """One trigger attempt of the hard walk from the continuous ``position`` [U] with a reset baseline of σ
     ``sigma_baseline``: probabilities and probability-weighted sums of the stored (passed) and failed reads.
 
@@ -168,8 +168,10 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
     thr = front_end.threshold
     sigma_tick = max(float(front_end.uncorrelated_noise), 1.0)
     sigma_read = max(float(front_end.uncorrelated_noise), 1.0)
-    position = torch.clamp(position, min=0.0, max=float(width))
-    lower = torch.clamp(torch.floor(position.detach()).long(), max=width - 1)
+    # a walk cannot start past its own row's end (rows are zero-padded to the group's width): bounded per row,
+    # the result does not depend on the padding
+    position = torch.minimum(torch.clamp(position, min=0.0), (last + 1).to(dtype))
+    lower = torch.minimum(torch.floor(position.detach()).long(), last)
     fraction = position - lower.to(dtype)
     start = torch.cat([lower, lower + 1])                                                       # [2U] integer
     rows = torch.cat([torch.arange(n_pixels, device=start.device)] * 2)
@@ -255,13 +257,16 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
         for _attempt in range(front_end.max_attempts):
             p_pass, v_pass, c_pass, e_pass, p_fail, e_fail = _walk_attempt(
                 start, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
-                nodes, node_weights, horizon_exposure)
+                nodes, node_weights, horizon_exposure, last)
             probability = probability + reach * p_pass
             sum_value = sum_value + reach * v_pass
             sum_crossing = sum_crossing + reach * c_pass
             sum_end = sum_end + reach * e_pass
+            # a row walks on while its next attempt is at least min_weight probable (decided per row, so the
+            # result does not depend on which rows share the group)
             reach = reach * p_fail
-            if not bool(((chain * reach).detach() >= front_end.min_weight).any()):
+            reach = torch.where((chain * reach).detach() >= front_end.min_weight, reach, torch.zeros_like(reach))
+            if not bool((reach.detach() > 0).any()):
                 break
             start = e_fail / torch.clamp(p_fail, min=tiny) + 1.0 + front_end.dead_ticks
             sigma_baseline = float(front_end.uncorrelated_noise)

@@ -17,7 +17,7 @@ from sparsetpc.example import generate
 from sparsetpc.params import electron_mobility
 
 NAMES = ("Ab", "lifetime", "vdrift", "long_diff", "tran_diff")
-RELATIVE = 1e-8     # the relaxed front end's sums regroup with the pixel groups: 3e-10 seen
+RELATIVE = 1e-10
 
 
 @pytest.fixture(scope="module")
