@@ -20,6 +20,10 @@ HIT_UNITS = {
 }
 
 
+#: Fields of :class:`Hits` with one entry per readout.
+PER_READOUT = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
+
+
 @dataclass
 class Hits:
     """Readouts above threshold, sorted by (event, plane, ix, iy, readout).
@@ -51,11 +55,26 @@ class Hits:
 
     def select(self, mask: torch.Tensor) -> "Hits":
         """The readouts where ``mask`` [N] is True (pixel_table and waveforms kept whole)."""
-        per_readout = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
-        picked = {name: getattr(self, name)[mask] for name in per_readout}
+        picked = {name: getattr(self, name)[mask] for name in PER_READOUT}
         weight = None if self.weight is None else self.weight[mask]
         return Hits(**picked, pixel_table=self.pixel_table, waveforms=self.waveforms,
                     n_skipped_segments=self.n_skipped_segments, weight=weight)
+
+    @classmethod
+    def concat(cls, parts) -> "Hits":
+        """One :class:`Hits` of several (e.g. one per event): pixel tables stacked, pixel rows renumbered,
+        weights kept (1 where a part has none).  Waveforms are not carried."""
+        parts = list(parts)
+        if len(parts) == 1:
+            return parts[0]
+        offsets = torch.cumsum(torch.tensor([0] + [h.pixel_table.shape[0] for h in parts[:-1]]), 0)
+        merged = {name: torch.cat([getattr(h, name) for h in parts]) for name in PER_READOUT if name != "pixel"}
+        weight = None
+        if any(h.weight is not None for h in parts):
+            weight = torch.cat([torch.ones_like(h.adc) if h.weight is None else h.weight for h in parts])
+        return cls(pixel=torch.cat([h.pixel + int(o) for h, o in zip(parts, offsets)]),
+                   pixel_table=torch.cat([h.pixel_table for h in parts]), weight=weight,
+                   n_skipped_segments=sum(h.n_skipped_segments for h in parts), **merged)
 
     def likely(self, threshold: float = 0.5) -> "Hits":
         """The readouts more probable than ``threshold`` (all of them outside relaxed mode): the point cloud

@@ -153,3 +153,20 @@ def test_pipeline_gradients_match_finite_differences_at_every_step(case):
                 if abs(difference / gradient - 1) > 0.02:
                     failures.append((name, relative, difference, gradient))
     assert not failures, failures
+
+
+def test_cli_writes_the_readout_probabilities_of_every_event(tmp_path):
+    """``sparsetpc simulate`` (relaxed) writes ``hit_weight`` aligned with ``hits``, for every event."""
+    import h5py
+    from sparsetpc.cli import main
+    from sparsetpc.example import write_example
+    write_example(tmp_path / "ex.h5", n_events=2, tracks_per_event=2, seed=5)
+    assert main(["simulate", str(tmp_path / "ex.h5"), "-o", str(tmp_path / "hits.h5"), "--no-cuts", "--quiet"]) == 0
+    segments = st.load_segments(tmp_path / "ex.h5", cuts=st.Cuts.none())
+    expected = st.Hits.concat([st.simulate(segments.select((segments.event_id == e).numpy()))
+                               for e in segments.events()])
+    with h5py.File(tmp_path / "hits.h5", "r") as f:
+        hits, weight = f["hits"][()], f["hit_weight"][()]
+    assert len(set(hits["event_id"].tolist())) == 2 and len(weight) == len(hits) == len(expected)
+    np.testing.assert_allclose(weight, expected.weight.numpy(), rtol=0, atol=1e-12)
+    assert ((weight > 0) & (weight <= 1 + 1e-12)).all() and (weight < 0.5).any()

@@ -172,7 +172,7 @@ def _simulate(args) -> int:
             done.append(event)
     if not done:
         raise InputFormatError(f"{args.input}: every event failed ({len(failed)} of {len(events)}); nothing written")
-    merged = _concat(all_hits)
+    merged = st.Hits.concat(all_hits)
     elapsed = time.perf_counter() - start
     out = Path(args.output)
     skipped_note = f"; {len(failed)} event(s) skipped: {', '.join(map(str, failed))}" if failed else ""
@@ -194,22 +194,6 @@ def _simulate(args) -> int:
         print(f"wrote {len(merged)} hits from {n_segments} segments in {len(done)} event(s) to {out} "
               f"({elapsed:.2f} s simulation){skipped_note}")
     return EXIT_OK
-
-
-def _concat(hits_list):
-    import torch
-    from sparsetpc.hits import Hits
-    if len(hits_list) == 1:
-        return hits_list[0]
-    fields = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
-    offset = 0
-    pixels = []
-    for h in hits_list:
-        pixels.append(h.pixel + offset)
-        offset += h.pixel_table.shape[0]
-    merged = {f: torch.cat([getattr(h, f) for h in hits_list]) for f in fields if f != "pixel"}
-    return Hits(pixel=torch.cat(pixels), pixel_table=torch.cat([h.pixel_table for h in hits_list]),
-                n_skipped_segments=sum(h.n_skipped_segments for h in hits_list), **merged)
 
 
 # ---------------------------------------------------------------------------- example
