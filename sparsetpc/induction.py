@@ -30,7 +30,7 @@ from torch import nn
 
 from . import drift as drift_stage
 from .detector import Detector
-from .params import Params
+from .params import RANGES, Params
 from .pixels import Pairs
 
 #: Quadratic shape coefficients (c0 + c1·x + c2·y + c3·x·y + c4·x² + c5·y², x, y = |offset| in cm) of the
@@ -271,7 +271,6 @@ def _elements(plan: SamplePlan, lo: int, hi: int, part: int):
 def plan_diffusion(params: Params):
     """(velocity, transverse, longitudinal diffusion) the sample grid is built for: the narrowest clouds of the
     parameters' documented ranges (fastest drift, smallest coefficients), or the current values outside them."""
-    from .params import RANGES
     velocity = torch.clamp(params.drift_velocity().detach(), min=RANGES["vdrift"][2])
     tran = torch.clamp(params.tran_diff.detach(), max=RANGES["tran_diff"][1])
     long = torch.clamp(params.long_diff.detach(), max=RANGES["long_diff"][1])
@@ -282,18 +281,23 @@ def association_diffusion(params: Params):
     """(velocity, transverse diffusion) the pad association margin is built for: the widest clouds of the
     documented ranges (slowest drift, largest coefficient), or the current values outside them, so that the
     (segment, pixel) pairs do not change while a fit moves the parameters inside their ranges."""
-    from .params import RANGES
     velocity = torch.clamp(params.drift_velocity().detach(), max=RANGES["vdrift"][1])
     tran = torch.clamp(params.tran_diff.detach(), min=RANGES["tran_diff"][2])
     return velocity, tran
+
+
+def exact_from(mu: torch.Tensor, sigma_time: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Time [µs] before which a component (time constant ``scale``) is its pure exponential tail to 1e-9:
+    μ − σ(6 + σ/s) (see :func:`exponential_tail`)."""
+    return mu - sigma_time * (6.0 + sigma_time / scale)
 
 
 def tail_cuts(mu, sigma_time, amplitude, fast, slow, eps: float):
     """Times [µs] where the fast and slow components' early tails fall below ``eps`` of the sample's charge
     (−inf for the slow one when its weight is below eps); the tails are tapered to zero there."""
     slow_weight = torch.clamp(1.0 - amplitude, min=0.0)
-    end_fast = mu - sigma_time * (6.0 + sigma_time / fast)
-    end_slow = mu - sigma_time * (6.0 + sigma_time / slow)
+    end_fast = exact_from(mu, sigma_time, fast)
+    end_slow = exact_from(mu, sigma_time, slow)
     fast_cut = end_fast - fast * math.log(1.0 / eps)
     slow_reach = slow * torch.log(torch.clamp(slow_weight, min=eps) / eps)
     slow_cut = torch.where(slow_weight > eps, end_slow - slow_reach, torch.full_like(slow, -math.inf))
@@ -413,15 +417,13 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     charge, mu, sigma_time, amplitude, fast, slow = _sample_state(u, weight, pair_of_sample, pairs, segments,
                                                                   detached, detector)
     # Tick windows.  Near the arrival (from where either component's pure-exponential form stops being exact,
-    # t > μ − σ(6 + σ/s), to μ + 6σ) both components are evaluated exactly; before that each component's tail is
+    # t > μ − σ(6 + σ/s), to μ + n_late·σ) both components are evaluated exactly; before that each component's tail is
     # a pure exponential, evaluated until it falls below tail_tolerance (relative to the sample's charge).
     eps = options.tail_tolerance
     shift = segments.time_shift.detach()[pairs.segment[pair_of_sample]]
     earliest = segments.first_tick[pairs.segment[pair_of_sample]]
-    slow_weight = torch.clamp(1.0 - amplitude, min=0.0)
-    end_fast = mu - sigma_time * (6.0 + sigma_time / fast)
-    end_slow = mu - sigma_time * (6.0 + sigma_time / slow)
-    near_first = torch.floor((torch.minimum(end_fast, end_slow) - shift) / detector.tick).long() + 1
+    near_start = torch.minimum(exact_from(mu, sigma_time, fast), exact_from(mu, sigma_time, slow))
+    near_first = torch.floor((near_start - shift) / detector.tick).long() + 1
     near_last = torch.floor((mu + options.n_sigma_late * sigma_time - shift) / detector.tick).long()
     fast_cut, slow_cut = tail_cuts(mu, sigma_time, amplitude, fast, slow, eps)
     fast_first = torch.ceil((fast_cut - shift) / detector.tick).long()
