@@ -353,21 +353,26 @@ def hard_readout(charge: torch.Tensor, front_end: FrontEnd, noise: bool = False,
 MODES = ("relaxed", "hard", "reference")
 
 
+def check_mode(mode: str, noise: bool) -> None:
+    """ValueError for an unknown mode, or for noise asked of the relaxed mode (already its expectation)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
+    if mode == "relaxed" and noise:
+        raise ValueError("relaxed mode is the expectation over the electronics noise: simulate noisy data "
+                         "with mode='hard', noise=True")
+
+
 def readout(charge: torch.Tensor, front_end: FrontEnd, mode: str = "relaxed", noise: bool = False,
             generator: Optional[torch.Generator] = None):
     """(adc, crossing, valid, weight) of ``charge`` [U, W] in ``mode`` (weight ≡ 1 outside relaxed mode)."""
+    check_mode(mode, noise)
     if mode == "relaxed":
-        if noise:
-            raise ValueError("relaxed mode is the expectation over the electronics noise: simulate noisy data "
-                             "with mode='hard', noise=True")
         return expected_readout(charge, front_end)
     if mode == "reference":
         draws = draw_readout_noise(charge.shape[0], front_end, charge, generator) if noise else None
         adc, crossing, valid = reference_readout(charge, front_end, draws)
-    elif mode == "hard":
-        adc, crossing, valid = hard_readout(charge, front_end, noise, generator)
     else:
-        raise ValueError(f"unknown electronics mode {mode!r}: one of {', '.join(MODES)}")
+        adc, crossing, valid = hard_readout(charge, front_end, noise, generator)
     return adc, crossing, valid, valid.to(charge.dtype)
 
 

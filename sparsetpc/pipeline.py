@@ -16,7 +16,7 @@ import torch
 
 from . import drift as drift_stage
 from .detector import Detector
-from .electronics import (MODES, FrontEnd, draw_readout_noise, expected_readout, hard_readout,
+from .electronics import (FrontEnd, check_mode, draw_readout_noise, expected_readout, hard_readout,
                           reference_readout)
 from .exceptions import InputFormatError, MemoryBudgetError
 from .hits import Hits
@@ -125,11 +125,7 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     params.validate()
     front_end = front_end or FrontEnd(tick=detector.tick)
     options = options or InductionOptions()
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}: one of {', '.join(MODES)}")
-    if mode == "relaxed" and noise:
-        raise ValueError("relaxed mode is the expectation over the electronics noise: simulate noisy data with "
-                         "mode='hard', noise=True")
+    check_mode(mode, noise)
     if len(segments) == 0:
         raise InputFormatError("no segments to simulate (empty input)")
     dtype, device = params.dtype, params.device
