@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from sparsetpc.cli.errors import UsageError, run_guarded
+from sparsetpc.cli.errors import UsageError, check_device, check_memory_budget, check_output_dir, run_guarded
 
 PROG = "sparsetpc-calibrate"
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64, "float": torch.float32}
@@ -209,19 +209,6 @@ def _check_readable_file(path: str, option: str) -> None:
     _require(os.access(path, os.R_OK), f"{option} {path}: not readable (permission denied)")
 
 
-def _check_out_dir(path: str) -> None:
-    """The output directory: an existing writable directory, or creatable under a writable one."""
-    if os.path.exists(path):
-        _require(os.path.isdir(path), f"--out {path} exists and is not a directory")
-        _require(os.access(path, os.W_OK | os.X_OK), f"--out {path}: directory is not writable")
-        return
-    existing = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    _require(os.path.isdir(existing), f"--out {path}: {existing} is not a directory")
-    _require(os.access(existing, os.W_OK | os.X_OK), f"--out {path}: cannot create it, {existing} is not writable")
-
-
 def _paramset(args):
     from .paramsets import ParamSet, ParamSetError
     kw = dict(lr=args.lr, norm=args.norm, link_vdrift_efield=args.link_vdrift_efield,
@@ -280,17 +267,8 @@ def check_arguments(args) -> None:
             raise UsageError(f"--min-abs-segment-z: expected a length in cm or `none`, got {args.min_abs_segment_z!r}") from None
         _require(math.isfinite(z) and z >= 0, f"--min-abs-segment-z must be a finite length >= 0 cm, got {z}")
     if args.memory_budget is not None:
-        from sparsetpc.pipeline import parse_memory
-        parse_memory(args.memory_budget)
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        raise UsageError(f"--device {args.device!r}: {error}") from None
-    if device.type == "cuda":
-        _require(torch.cuda.is_available(), f"--device {args.device}: CUDA is not available on this machine")
-        if device.index is not None:
-            _require(device.index < torch.cuda.device_count(),
-                     f"--device {args.device}: only {torch.cuda.device_count()} CUDA device(s)")
+        check_memory_budget(args.memory_budget)
+    check_device(args.device)
     if fit:
         _check_number(args, "iterations", "--iterations", minimum=0, integer=True)
         _check_number(args, "checkpoint_every", "--checkpoint-every", minimum=1, integer=True)
@@ -326,7 +304,7 @@ def check_arguments(args) -> None:
         _require(fit, "scan needs closure targets (--closure-seed or --target-values), not --target-file")
     if args.layout:
         _check_readable_file(args.layout, "--layout")
-    _check_out_dir(args.out)
+    check_output_dir(args.out, option="--out")
     # parameters, targets, initial values
     args.paramset = ps = _paramset(args)
     fitted = set(ps.names)

@@ -374,7 +374,6 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     dtype = segments.start.dtype
     detached = Params(**{n: getattr(params, n).detach() for n in params.names()}, link_vdrift_efield=params.link_vdrift_efield)
     seg = pairs.segment
-    velocity = detached.drift_velocity()
     # Nodes: one midpoint grid per segment, u_i = (i + ½)·L/n, so that pairs of a segment share nodes and a
     # node never moves with the parameters; each pair takes the nodes inside its stretch [u_start, u_end].
     # The step is at most one diffusion width at the segment's end nearest the anode (σ_T across the drift

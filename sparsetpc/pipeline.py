@@ -153,7 +153,6 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     if n_skipped:
         warnings.warn(f"{n_skipped} of {len(segments)} segment(s) have their midpoint outside every drift volume "
                       "and are not simulated (no charge)", stacklevel=2)
-    velocity = params.drift_velocity().detach()
     with torch.no_grad():
         far = torch.maximum(drift_stage.drift_distance(segments.start[:, 2], drifted.z_anode),
                             drift_stage.drift_distance(segments.end[:, 2], drifted.z_anode))

@@ -12,17 +12,10 @@ import math
 import sys
 from pathlib import Path
 
-from sparsetpc.cli.errors import (EXIT_BEYOND_TOLERANCE, EXIT_ERROR, EXIT_OK, UsageError, check_output_path,
-                                  run_guarded)
+from sparsetpc.cli.errors import (EXIT_BEYOND_TOLERANCE, EXIT_ERROR, EXIT_OK, OneLineParser, UsageError,
+                                  check_memory_budget, check_output_dir, check_output_path, run_guarded)
 
 PROG = "python -m validation"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``PROG: error: ...``), exit code 2."""
-
-    def error(self, message):
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _layout(path):
@@ -47,14 +40,6 @@ def check_tolerances(args) -> None:
         raise UsageError(f"--tolerance-unmatched is a fraction (0..1), got {args.tolerance_unmatched}")
 
 
-def check_plots_dir(path, option: str = "--plots") -> None:
-    """A directory we can create or write into (checked before any work)."""
-    target = Path(path)
-    if target.exists() and not target.is_dir():
-        raise UsageError(f"{option} {path} exists and is not a directory")
-    check_output_path(target / "residuals.png", option=option)
-
-
 def _cmd_compare(args) -> int:
     from .compare import Tolerances, compare_tables, format_summary, json_ready, restrict_to_written_channels
     from .readers import detect_format, read_hits
@@ -64,7 +49,7 @@ def _cmd_compare(args) -> int:
     if args.json:
         check_output_path(args.json, inputs=[args.ref, args.ours, args.layout], option="--json")
     if args.plots:
-        check_plots_dir(args.plots)
+        check_output_dir(args.plots, option="--plots")
     layout = _layout(args.layout)
     kinds = {name: detect_format(path) for name, path in (("ref", args.ref), ("ours", args.ours))}
     for name, path in (("ref", args.ref), ("ours", args.ours)):
@@ -100,9 +85,8 @@ def _cmd_run_reference(args) -> int:
     from .compare import Tolerances
     from .run_reference import run_reference
     check_tolerances(args)
-    from sparsetpc.cli.main import check_memory_budget
     check_memory_budget(args.memory_budget)
-    check_plots_dir(args.out, option="--out")
+    check_output_dir(args.out, option="--out")
     tol = Tolerances(adc=args.tolerance_adc, time=args.tolerance_time, unmatched=args.tolerance_unmatched)
     results = run_reference(args.shared, args.out, tol, memory_budget=args.memory_budget,
                             plots=not args.no_plots, cases=args.case, reference_time_axis=args.reference_time_axis)
@@ -133,8 +117,8 @@ def _add_tolerances(p, adc=0.05, time=0.05):
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     c = sub.add_parser("compare", parents=[common], help="compare two hit files (packets HDF5, reference npz or sparsetpc HDF5)")
     c.add_argument("ref")
     c.add_argument("ours")

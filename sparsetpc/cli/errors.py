@@ -7,6 +7,7 @@ line naming its type and also exits 2; a traceback is shown only with ``--debug`
 """
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import sys
@@ -23,6 +24,13 @@ EXIT_INTERRUPTED = 130
 
 class UsageError(SparseTPCError):
     """A command-line argument has a value that cannot work (checked before any work starts)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors (``PROG: error: ...``), exit code 2."""
+
+    def error(self, message):
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class Terminated(BaseException):
@@ -128,3 +136,43 @@ def _can_create_file_in(directory) -> bool:
     except OSError:
         pass
     return True
+
+
+def check_output_dir(path, option: str = "--out") -> None:
+    """A directory we can create or write into (checked before any work)."""
+    from pathlib import Path
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{option} {path} exists and is not a directory")
+    check_output_path(target / "result.json", option=option)
+
+
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def check_device(text: str, option: str = "--device"):
+    """The torch device named by ``--device``; UsageError for an unknown or unavailable one."""
+    import torch
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError, TypeError):
+        raise UsageError(f"{option} {text!r}: unknown device; use one of cpu, cuda, cuda:N") from None
+    if device.type not in DEVICE_TYPES:
+        raise UsageError(f"{option} {text!r}: not supported; use one of cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{option} {text!r} requested but CUDA is not available on this machine")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"{option} {text!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    return device
+
+
+def check_memory_budget(text: str, option: str = "--memory-budget") -> int:
+    """Bytes of ``--memory-budget``; UsageError naming the option when it cannot be read."""
+    from ..exceptions import MemoryBudgetError
+    from ..pipeline import parse_memory
+    try:
+        return parse_memory(text)
+    except MemoryBudgetError as error:
+        raise UsageError(f"{option}: {error}") from None

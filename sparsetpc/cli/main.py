@@ -15,26 +15,19 @@ from typing import List, Optional
 
 import numpy as np
 
-from .errors import EXIT_ERROR, EXIT_OK, UsageError, check_output_path, run_guarded
+from .errors import (EXIT_ERROR, EXIT_OK, OneLineParser, UsageError, check_device, check_memory_budget,
+                     check_output_path, run_guarded)
 
 PROG = "sparsetpc"
 DTYPES = {"float32": "float32", "float64": "float64"}
-DEVICE_TYPES = ("cpu", "cuda")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (``PROG: error: ...``), exit code 2."""
-
-    def error(self, message):
-        self.exit(EXIT_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    parser = _Parser(prog=PROG, description="Sparse differentiable LArTPC (LArPix) simulator",
+    parser = OneLineParser(prog=PROG, description="Sparse differentiable LArTPC (LArPix) simulator",
                      epilog="exit codes: 0 done, 2 error (one line on stderr; --debug for a traceback), 130 interrupted")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     sim = sub.add_parser("simulate", parents=[common], help="simulate an edep-sim segments file into pixel hits")
     sim.add_argument("input", help="edep-sim HDF5 file with a `segments` dataset (or a sparsetpc output file)")
@@ -70,33 +63,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # ---------------------------------------------------------------------------- argument checks
-def check_device(text: str):
-    """The torch device named by ``--device``; UsageError for an unknown or unavailable one."""
-    import torch
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError, TypeError):
-        raise UsageError(f"--device {text!r}: unknown device; use one of cpu, cuda, cuda:N") from None
-    if device.type not in DEVICE_TYPES:
-        raise UsageError(f"--device {text!r}: not supported; use one of cpu, cuda, cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {text!r} requested but CUDA is not available on this machine")
-        count = torch.cuda.device_count()
-        if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {text!r}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
-    return device
-
-
-def check_memory_budget(text: str) -> int:
-    from sparsetpc.exceptions import MemoryBudgetError
-    from sparsetpc.pipeline import parse_memory
-    try:
-        return parse_memory(text)
-    except MemoryBudgetError as error:
-        raise UsageError(f"--memory-budget: {error}") from None
-
-
 def _check_simulate_arguments(args) -> None:
     if args.threads < 1:
         raise UsageError(f"--threads must be at least 1, got {args.threads}")
