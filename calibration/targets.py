@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from sparsetpc.exceptions import InputFormatError
+from sparsetpc.hits import check_finite_readouts
 
 from ._io import atomic_path
 from .forward import call_forward
@@ -145,15 +146,7 @@ def read_target_table(path, layout=None) -> np.ndarray:
     if len(table) == 0:
         raise InputFormatError(f"{path}: the target file has no readouts (no {'data packet' if kind == 'packets' else 'hit'}); "
                                "nothing to fit")
-    for name in table.dtype.names:
-        column = np.asarray(table[name])
-        if column.dtype.kind == "f":
-            bad = ~np.isfinite(column)
-            if bad.any():
-                first = int(np.flatnonzero(bad)[0])
-                raise InputFormatError(f"{path}: {int(bad.sum())} non-finite value(s) in column {name!r} of the "
-                                       f"target readouts (first: row {first}, event {int(table['event_id'][first])}, "
-                                       f"value {column[first]})")
+    check_finite_readouts(table, str(path), "cannot fit to it")
     return table
 
 

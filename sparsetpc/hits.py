@@ -20,6 +20,22 @@ HIT_UNITS = {
 }
 
 
+def check_finite_readouts(table: np.ndarray, source: str, consequence: str) -> None:
+    """Raise :class:`~sparsetpc.exceptions.InputFormatError` if a float column of a readout table (``HIT_DTYPE``
+    names) holds NaN or ±inf, naming the file, column, count and first offending readout."""
+    from .exceptions import InputFormatError
+    for name in table.dtype.names:
+        column = np.asarray(table[name])
+        if column.dtype.kind != "f":
+            continue
+        bad = ~np.isfinite(column)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            raise InputFormatError(f"{source}: {int(bad.sum())} non-finite value(s) in column {name!r} (first: "
+                                   f"readout {first}, event {int(table['event_id'][first])}, value {column[first]}); "
+                                   f"{consequence}")
+
+
 #: Fields of :class:`Hits` with one entry per readout.
 PER_READOUT = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
 

@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from sparsetpc.exceptions import GeometryError, InputFormatError
-from sparsetpc.hits import HIT_DTYPE
+from sparsetpc.hits import HIT_DTYPE, check_finite_readouts
 from sparsetpc.layout import PixelLayout, from_larnd_pixel_id
 
 #: Reference-model tick lengths [µs per crossing tick] of the stored ``ticks``.
@@ -112,24 +112,10 @@ def read_hits(path, *, layout: Optional[PixelLayout] = None, borders: Optional[n
         table = _read_reference(path, layout, borders, raw_time)
     if len(table.hits) == 0 and not allow_empty:
         raise InputFormatError(f"{path}: no readouts in the file (empty event); nothing to compare")
-    check_finite(table.hits, str(path))
+    check_finite_readouts(table.hits, str(path), "cannot compare")
     if not math.isfinite(table.adc_pedestal):
         raise InputFormatError(f"{path}: ADC pedestal is not finite ({table.adc_pedestal})")
     return table
-
-
-def check_finite(hits: np.ndarray, source: str) -> None:
-    """Raise :class:`InputFormatError` if any float field of ``hits`` holds NaN or ±inf (naming field and row)."""
-    for name in hits.dtype.names:
-        column = hits[name]
-        if column.dtype.kind != "f":
-            continue
-        bad = ~np.isfinite(column)
-        if bad.any():
-            first = int(np.flatnonzero(bad)[0])
-            raise InputFormatError(f"{source}: field {name!r} has {int(bad.sum())} non-finite value(s) (first: "
-                                   f"readout {first}, event {int(hits['event_id'][first])}, value {column[first]}); "
-                                   "cannot compare")
 
 
 # ---------------------------------------------------------------------------- packets
