@@ -72,6 +72,28 @@ def _remove_quietly(path: str) -> None:
         pass
 
 
+def strict_json(value):
+    """``value`` with numpy scalars/arrays as Python values and NaN/±inf as ``None`` (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path, data, indent: int = 2) -> None:
+    """Write ``data`` as strict JSON (NaN/inf as null, numpy values converted), atomically."""
+    text = json.dumps(strict_json(data), indent=indent, allow_nan=False, default=str) + "\n"
+    with atomic_write(path) as tmp:
+        Path(tmp).write_text(text)
+
+
 def write_hits(path, hits, segment_rows: Optional[np.ndarray] = None, metadata: Optional[Dict] = None,
                adc_pedestal: Optional[float] = None, mode: Optional[str] = None) -> Path:
     """Write readouts (a :class:`Hits` or a ``HIT_DTYPE`` structured array) as dataset ``hits`` with each

@@ -10,7 +10,8 @@ import validation.__main__ as cli
 from sparsetpc.hits import HIT_DTYPE
 from sparsetpc.layout import PixelLayout
 from validation.__main__ import main
-from validation.compare import Tolerances, strict_json_value
+from sparsetpc.io import strict_json as strict_json_value
+from validation.compare import Tolerances
 from validation.readers import write_sparsetpc_hits
 
 ROWS = [(0, 0, 5, 5, 10.0, 90.0, 0), (0, 0, 5, 5, 14.0, 85.0, 1), (0, 1, 7, 9, 3.0, 100.0, 0)]

@@ -76,7 +76,7 @@ def _cmd_compare(args) -> int:
         print(note)
     print(format_summary(summary))
     if args.json:
-        from .compare import write_json
+        from sparsetpc.io import write_json
         write_json(Path(args.json), json_ready(summary))
     return EXIT_OK if summary["within_tolerance"] else EXIT_BEYOND_TOLERANCE
 

@@ -12,6 +12,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from sparsetpc.io import strict_json
+
 from .readers import HitTable
 
 
@@ -186,29 +188,4 @@ def format_summary(summary: dict) -> str:
 
 def json_ready(summary: dict) -> dict:
     """The summary without its private entries (``_match``), with every non-finite number as ``None``."""
-    return strict_json_value({k: v for k, v in summary.items() if not k.startswith("_")})
-
-
-def strict_json_value(value):
-    """``value`` with numpy scalars/arrays as Python values and NaN/±inf as ``None`` (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {str(k): strict_json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json_value(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return strict_json_value(value.tolist())
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(path, data) -> None:
-    """Write ``data`` as strict JSON (no bare NaN), atomically."""
-    import json
-    from pathlib import Path
-    from sparsetpc.io import atomic_write
-    text = json.dumps(strict_json_value(data), indent=2, allow_nan=False, default=str)
-    with atomic_write(path) as tmp:
-        Path(tmp).write_text(text)
+    return strict_json({k: v for k, v in summary.items() if not k.startswith("_")})

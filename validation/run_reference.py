@@ -7,7 +7,6 @@ mode; the ``*_stages.npz`` files hold the same readouts with every intermediate 
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import List, Optional
 import numpy as np
 
 from sparsetpc.exceptions import InputFormatError
+from sparsetpc.io import write_json
 from sparsetpc.segments import SEGMENT_DTYPE
 
 from .compare import Tolerances, compare_tables, format_summary, json_ready
@@ -142,26 +142,12 @@ def run_reference(shared=None, out="validation_out", tolerances: Optional[Tolera
     results = []
     for case in selected:
         summary = run_case(case, out_dir, tolerances, memory_budget, plots, reference_time_axis)
-        _write_json(out_dir / f"{case.name}.json", json_ready(summary))
+        write_json(out_dir / f"{case.name}.json", json_ready(summary))
         echo(f"== {case.name} ({case.mode}, {summary['n_segments']} segments, {summary['simulate_seconds']:.2f} s)")
         echo(format_summary(summary))
         results.append(json_ready(summary))
     overview = [{k: r[k] for k in ("case", "mode", "matched", "ref_only", "ours_only", "mean_abs_dadc", "max_abs_dadc",
                                    "mean_abs_dt", "charge_ratio", "within_tolerance", "simulate_seconds")}
                 for r in results]
-    _write_json(out_dir / "summary.json", overview)
+    write_json(out_dir / "summary.json", overview)
     return results
-
-
-def _write_json(path: Path, data) -> None:
-    from sparsetpc.io import atomic_write
-    with atomic_write(path) as tmp:
-        Path(tmp).write_text(json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
