@@ -112,14 +112,18 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-noise-guess", action="store_true")
     g = p.add_argument_group("loss")
     g.add_argument("--loss", default="auto",
-                   help="mse | chi2 | space_match | chamfer | sinkhorn | sdtw; auto (default): mse on waveforms for simulated "
-                        "targets (smoothest, see docs/calibration.md), space_match for --target-file")
+                   help="likelihood | mse | chi2 | space_match | chamfer | sinkhorn | sdtw; auto (default): the readout "
+                        "likelihood for --target-file (data: packets or hits; sigmas reported), mse on waveforms for "
+                        "simulated closure targets (see docs/calibration.md)")
     g.add_argument("--loss-scales", nargs="+", default=None, metavar="AXIS=SCALE", help="x, y [cm], t [us], adc")
     g.add_argument("--loss-opt", nargs="+", default=None, metavar="KEY=VALUE",
                    help="loss options, e.g. temperature=0.1, eps=0.05, gamma=1")
     g = p.add_argument_group("simulation")
     g.add_argument("--memory-budget", default=None, help="e.g. 2GB (passed to sparsetpc.simulate)")
     g.add_argument("--mode", choices=MODES, default="relaxed", help="simulation mode")
+    g.add_argument("--clock-phases", type=int, default=None, metavar="K",
+                   help="relaxed mode: average the front end over K clock phases (default 3: smooth at every step "
+                        "size; 1 is 3x faster, smooth from relative steps of 1e-4 down)")
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
     g.add_argument("--out", required=True, help="output directory")
@@ -137,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit", help="fit parameters by gradient descent")
     _common(fit)
     g = fit.add_argument_group("optimisation")
-    g.add_argument("--iterations", type=int, default=200)
+    g.add_argument("--iterations", type=int, default=None,
+                   help="main-loop iterations (default 200; 0 for the likelihood, which runs the L-BFGS polish "
+                        "until convergence or --max-wall)")
     g.add_argument("--optimizer", choices=("adam", "adamw", "sgd", "lbfgs"), default="adam")
     g.add_argument("--optimizer-kwargs", default="{}", help="JSON, e.g. '{\"momentum\": 0.9}'")
     g.add_argument("--clip", type=float, default=1.0, help="max gradient norm (0 = no clipping)")
@@ -154,13 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--history-format", choices=("json", "hdf5"), default="json")
     g.add_argument("--no-hessian", action="store_true", help="skip the uncertainty estimate")
     g.add_argument("--hessian-step", type=float, default=1e-3)
-    g.add_argument("--errordef", type=float, default=1.0, help="loss rise at 1 sigma (1: chi2, 0.5: NLL)")
+    g.add_argument("--errordef", type=float, default=None,
+                   help="loss rise at 1 sigma (default: 0.5 for the likelihood, 1 for chi2)")
     g.add_argument("--no-plots", action="store_true")
-    g.add_argument("--polish-lbfgs", type=int, default=0, metavar="N",
-                   help="after the loop, N L-BFGS steps (strong Wolfe, ≤20 inner iterations each) on the full "
-                        "objective (all batches); for deterministic (noise-free guess) fits")
+    g.add_argument("--polish-lbfgs", type=int, default=None, metavar="N",
+                   help="after the loop, at most N L-BFGS steps (strong Wolfe, ≤20 inner iterations each) on the full "
+                        "objective (all batches); for deterministic (noise-free guess) fits (default 0; 500 for the "
+                        "likelihood: it stops when converged)")
     g.add_argument("--polish-kwargs", default="{}", help="JSON kwargs of torch.optim.LBFGS for the polish")
-    g.add_argument("--polish-ftol", type=float, default=1e-12,
+    g.add_argument("--polish-ftol", type=float, default=None,
                    help="the polish has converged when a step lowers the loss by <= FTOL*max(|loss|, 1)")
     g.add_argument("--polish-max-wall", type=float, default=None, metavar="S",
                    help="no new polish step after S seconds of polishing")
@@ -181,9 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------- checks
 def _resolve_loss(args) -> None:
     if args.loss == "auto":
-        args.loss = "space_match" if args.target_file else "mse"
+        args.loss = "likelihood" if args.target_file else "mse"
     if args.loss == "mse" and args.target_file:
         raise UsageError("--loss mse needs simulated waveforms on both sides; a --target-file has readouts only")
+    if args.loss == "likelihood" and getattr(args, "mode", "relaxed") != "relaxed":
+        raise UsageError(f"--loss likelihood needs --mode relaxed (the readout probabilities and variances of the "
+                         f"expected front end), got --mode {args.mode}")
+    if args.command == "fit":
+        # the likelihood's default schedule: L-BFGS on the full, deterministic objective until it converges
+        likelihood = args.loss == "likelihood"
+        if args.iterations is None:
+            args.iterations = 0 if likelihood else 200
+        if args.polish_lbfgs is None:
+            args.polish_lbfgs = 500 if likelihood else 0
+        if args.polish_ftol is None:
+            args.polish_ftol = 1e-10 if likelihood else 1e-12
+        if args.polish_max_wall is None and likelihood and args.max_wall is not None:
+            args.polish_max_wall = args.max_wall
+    if args.loss == "likelihood" and args.tracks_per_batch is None:
+        # the likelihood is summed over every batch anyway: one unit per batch bounds the memory to one event
+        args.tracks_per_batch = 1
 
 
 def _require(condition: bool, message: str) -> None:
@@ -260,6 +285,8 @@ def check_arguments(args) -> None:
                          ("init_seed", "--init-seed"), ("seed", "--seed")):
         _check_number(args, attr, option, minimum=0, integer=True)
     _check_number(args, "lr", "--lr", positive=True)
+    _check_number(args, "clock_phases", "--clock-phases", minimum=1, integer=True)
+    _require(args.clock_phases is None or args.mode == "relaxed", "--clock-phases needs --mode relaxed")
     if args.min_abs_segment_z is not None and str(args.min_abs_segment_z).lower() != "none":
         try:
             z = float(args.min_abs_segment_z)
@@ -381,7 +408,8 @@ def _data(args, dtype, device, events=None, target_format=None):
     if args.ntracks is not None and args.ntracks > available:
         raise UsageError(f"--ntracks {args.ntracks}: only {available} {unit}(s) pass the selection in {args.input}")
     batches = segment_batches(segs, args.ntracks, args.tracks_per_batch, args.track_seed, group)
-    forward = SimForward(memory_budget=args.memory_budget, mode=args.mode, return_waveforms=args.loss == "mse")
+    forward = SimForward(memory_budget=args.memory_budget, mode=args.mode, return_waveforms=args.loss == "mse",
+                         clock_phases=args.clock_phases)
     if target_format == "packets":
         from .targets import WrittenChannelsForward
         forward = WrittenChannelsForward(forward, _layout(args))
@@ -425,6 +453,7 @@ def fit_definition(args, ps, target_values, init, target_table=None) -> dict:
         data = {"forward": "toy", "toy_tracks": args.ntracks or 4, "track_seed": args.track_seed or 0}
     else:
         data = {"forward": "sim", "input": file_digest(args.input), "mode": args.mode,
+                "clock_phases": args.clock_phases,
                 "selection": {"ntracks": args.ntracks, "track_seed": args.track_seed,
                               "tracks_per_batch": args.tracks_per_batch,
                               "group": "event" if args.target_file else args.group,

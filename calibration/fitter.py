@@ -53,7 +53,8 @@ class FitConfig:
     stop_after: Optional[int] = None            # test hook: leave after this many iterations, as if killed
     hessian: bool = True
     hessian_step: float = 1e-3                  # FD step in internal units
-    errordef_up: float = 1.0                    # cov = 2·up·H⁻¹ (see uncertainty.py)
+    errordef_up: Optional[float] = None         # cov = 2·up·H⁻¹ (see uncertainty.py); None: the loss's own
+                                                # (0.5 for the likelihood, 1 for χ²; 1 otherwise)
     plots: bool = True
     polish_lbfgs: int = 0                       # L-BFGS steps on the full objective (all batches) after the loop
     polish_kwargs: Dict[str, Any] = field(default_factory=dict)   # torch.optim.LBFGS kwargs for the polish
@@ -188,8 +189,17 @@ class Fitter:
 
     @property
     def loss_is_chi2(self) -> bool:
-        """The loss is a χ² per unit (``loss.chi2`` true): the full objective is then the *sum* over units."""
-        return bool(getattr(self.loss_fn, "chi2", False))
+        """The loss is a χ² or a −log L per unit (``loss.statistical``, or ``loss.chi2``, true): the full
+        objective is then the *sum* over units, and its curvature gives statistical errors."""
+        return bool(getattr(self.loss_fn, "statistical", getattr(self.loss_fn, "chi2", False)))
+
+    @property
+    def errordef(self) -> float:
+        """ERRORDEF ``up`` of the σ: the configured one, else the loss's own (0.5 for −log L, 1 for χ²), else 1."""
+        if self.config.errordef_up is not None:
+            return float(self.config.errordef_up)
+        own = getattr(self.loss_fn, "errordef", None)
+        return float(own) if own is not None else 1.0
 
     def evaluate(self, theta: torch.Tensor, need_grad: bool = True, total: Optional[bool] = None):
         """Loss and gradient over *all* batches at internal point ``theta`` [P]: the unit-weighted mean, or with
@@ -464,11 +474,14 @@ class Fitter:
         ps = self.paramset
         self.history = history
         theta = torch.stack([leaf.detach().reshape(()) for leaf in leaves])
-        final_loss, _ = self.evaluate(theta, need_grad=False)
+        up = self.errordef
+        # the gradient at the end (for the convergence check) only where a Hessian is computed anyway
+        final_loss, final_grad = self.evaluate(theta, need_grad=cfg.hessian)
         unc = None
+        hess = None
         if cfg.hessian:
             hess = fd_hessian(lambda th: self.evaluate(th)[1], theta, cfg.hessian_step)
-            unc = covariance_from_hessian(hess, cfg.errordef_up)
+            unc = covariance_from_hessian(hess, up)
             cov_phys = to_physical(unc["covariance"], ps.jacobians(ps.physical_values(leaves)))
             sigma_phys = np.where(np.isfinite(unc["sigma"]), np.sqrt(np.abs(np.diag(cov_phys))), np.nan)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -476,18 +489,34 @@ class Fitter:
             np.fill_diagonal(corr_phys, np.where(np.isfinite(sigma_phys), 1.0, np.nan))
             unc["correlation"] = corr_phys
         warn = degeneracy_warnings(ps.names, unc) if unc is not None else []
+        statistical = self.loss_is_chi2
+        sigma_reason = None
+        if not statistical:
+            sigma_reason = (f"loss {getattr(self.loss_fn, 'name', type(self.loss_fn).__name__)!r} is not a likelihood "
+                            "or a chi2 with the noise as scale: its curvature is a sensitivity, not an error; "
+                            "use --loss likelihood (the default for --target-file) for sigmas")
+        elif unc is None:
+            sigma_reason = "no Hessian (--no-hessian)"
+        convergence = convergence_check(ps, leaves, final_grad, hess, unc, history, statistical, up,
+                                        stopped_by_wall=bool(getattr(self, "stopped_by_wall", False)),
+                                        polish=polish, iterations_planned=cfg.iterations)
+        warn = convergence["warnings"] + warn
         fitted = ps.physical_values(leaves)
         result = {
             "params": {s.name: {"initial": self.initial_values[s.name],
                                 "target": None if self.target_values is None else self.target_values.get(s.name),
                                 "fitted": fitted[s.name],
-                                "sigma": None if unc is None else nan_to_none(sigma_phys[k]),
+                                "sigma": None if (unc is None or not statistical) else nan_to_none(sigma_phys[k]),
+                                "newton_step": convergence["newton_step"].get(s.name),
                                 "unit": s.unit, "norm": s.norm, "lr": s.lr}
                        for k, s in enumerate(ps)},
             "iterations": int(iterations),
             "final_loss": float(final_loss),
+            "sigma_reason": sigma_reason,
+            "converged": convergence["converged"],
+            "edm": convergence["edm"],
             "correlation": None if unc is None else nan_to_none(unc["correlation"]),
-            "covariance": None if unc is None else nan_to_none(cov_phys),
+            "covariance": None if (unc is None or not statistical) else nan_to_none(cov_phys),
             "hessian_internal": None if unc is None else nan_to_none(hess),
             "hessian_posdef": None if unc is None else unc["hessian_posdef"],
             "hessian_condition": None if unc is None else nan_to_none(unc["condition"]),
@@ -496,10 +525,11 @@ class Fitter:
             "warnings": warn,
             "loss_is_chi2": self.loss_is_chi2,
             "readout_sigma": self.readout_sigma_summary,
-            "uncertainty_convention": f"cov = 2*up*H^-1 with up = {cfg.errordef_up} (loss rises by up at 1 sigma); "
+            "loss_is_likelihood": bool(getattr(self.loss_fn, "likelihood", False)),
+            "uncertainty_convention": f"cov = 2*up*H^-1 with up = {up} (loss rises by up at 1 sigma); "
                                       f"H by central differences of gradients, step {cfg.hessian_step} (internal units); "
-                                      + ("loss = total chi2 (sum over units)" if self.loss_is_chi2 else
-                                         "loss = mean over units (not a chi2: sigmas are a sensitivity measure)"),
+                                      + ("loss = total -log L or chi2 (sum over units)" if self.loss_is_chi2 else
+                                         "loss = mean over units (not a likelihood: no sigma reported)"),
             "polish": polish,
             "loss_counts": getattr(self.loss_fn, "last_counts", None),   # of the last batch of the final evaluation
             "stopped_by_wall_time": bool(getattr(self, "stopped_by_wall", False)),
@@ -527,3 +557,59 @@ class Fitter:
                     result["plot_error"] = repr(error)
                     write_json(os.path.join(self.out_dir, "result.json"), result)
         return result
+
+
+def convergence_check(ps, leaves, grad, hess, unc, history, statistical: bool, up: float, *,
+                      stopped_by_wall: bool = False, polish=None, iterations_planned: int = 0) -> Dict[str, Any]:
+    """Has the fit converged?  From the gradient g and Hessian H of the full objective at the end (internal
+    units): the Newton step δ = −H⁻¹g per parameter (physical units) and the estimated distance to the minimum
+    EDM = ½ gᵀH⁻¹g.  A statistical loss (−log L, χ²) has converged when EDM < 1e-3·up and every |δ| < 0.1σ;
+    another loss when every |δ| < 1e-3 of the parameter's value.  Without a Hessian: the loss change over the
+    last tenth of the iterations (< 1e-4 relative).  Returns converged, edm, newton_step (physical), warnings
+    naming the parameters that have not converged."""
+    names = ps.names
+    values = ps.physical_values(leaves)
+    out: Dict[str, Any] = {"converged": None, "edm": None, "newton_step": {}, "warnings": []}
+    g = grad.detach().cpu().double().numpy() if torch.is_tensor(grad) else np.asarray(grad, dtype=np.float64)
+    not_done = []
+    if hess is not None and unc is not None and unc.get("hessian_posdef") and np.all(np.isfinite(g)):
+        step_internal = -np.linalg.solve(hess, g)
+        edm = float(0.5 * g @ np.linalg.solve(hess, g))
+        jac = np.asarray(ps.jacobians(values), dtype=np.float64)
+        step = step_internal * jac
+        sigma = np.sqrt(np.abs(np.diag(2.0 * up * np.linalg.inv(hess)))) * np.abs(jac)
+        out["edm"] = edm
+        out["newton_step"] = {n: float(v) for n, v in zip(names, step)}
+        for k, name in enumerate(names):
+            limit = 0.1 * sigma[k] if statistical else 1e-3 * abs(values[name])
+            if abs(step[k]) > limit:
+                what = f"{step[k] / sigma[k]:+.2g} sigma" if statistical else f"{step[k] / values[name]:+.2g} relative"
+                not_done.append(f"{name} (Newton step {step[k]:+.3g} = {what})")
+        converged = not not_done and (not statistical or edm < 1e-3 * up)
+        if not converged:
+            out["warnings"].append("not converged: the fit stopped before the minimum; still moving: "
+                                   + (", ".join(not_done) if not_done else f"all (EDM {edm:.3g} > {1e-3 * up:.3g})"))
+    elif hess is not None and unc is not None:
+        converged = False
+        out["warnings"].append("not converged: the Hessian at the end is not positive definite (not at a minimum, "
+                               "or a flat direction); parameters: " + ", ".join(names))
+    else:
+        losses = [float(v) for v in getattr(history, "loss", [])] if history is not None else []
+        n = len(losses)
+        converged = None
+        if n >= 20:
+            tenth = max(2, n // 10)
+            recent, before = np.mean(losses[-tenth:]), np.mean(losses[-2 * tenth:-tenth])
+            change = abs(recent - before) / max(abs(before), 1e-300)
+            converged = bool(change < 1e-4)
+            if not converged:
+                out["warnings"].append(f"not converged: the loss changed by {change:.2g} (relative) over the last "
+                                       f"{tenth} iterations; parameters: " + ", ".join(names))
+    if stopped_by_wall and not converged:
+        out["warnings"].append("stopped by --max-wall before converging")
+    if polish is not None and polish.get("stopped") == "steps done" and not converged:
+        out["warnings"].append(f"the L-BFGS polish used all its {polish.get('steps')} steps without converging")
+    if polish is not None and polish.get("stopped") == "polish wall time" and not converged:
+        out["warnings"].append("the L-BFGS polish was stopped by its wall-time limit before converging")
+    out["converged"] = converged
+    return out

@@ -32,7 +32,8 @@ def call_forward(forward: Callable, params, data, noise: bool = False, seed: Opt
 class SimForward:
     """``sparsetpc.simulate`` with a fixed detector, memory budget and mode."""
 
-    def __init__(self, detector=None, memory_budget=None, mode: str = "relaxed", return_waveforms: bool = False):
+    def __init__(self, detector=None, memory_budget=None, mode: str = "relaxed", return_waveforms: bool = False,
+                 clock_phases: Optional[int] = None):
         import sparsetpc as st
         if not hasattr(st, "simulate"):
             raise RuntimeError("sparsetpc.simulate is not available in this checkout")
@@ -41,6 +42,7 @@ class SimForward:
         self.memory_budget = memory_budget
         self.mode = mode
         self.return_waveforms = return_waveforms
+        self.clock_phases = clock_phases          # relaxed mode: FrontEnd.clock_phases (None: its default)
 
     def __call__(self, params, segments, noise: bool = False, seed: Optional[int] = None):
         mode = self.mode
@@ -52,8 +54,11 @@ class SimForward:
         kwargs = dict(return_waveforms=self.return_waveforms, noise=noise, seed=seed, mode=mode)
         if self.memory_budget is not None:
             kwargs["memory_budget"] = self.memory_budget
+        if self.clock_phases is not None:
+            from sparsetpc.electronics import FrontEnd
+            kwargs["front_end"] = FrontEnd(tick=self.detector.tick, clock_phases=int(self.clock_phases))
         return self._simulate(segments, self.detector, params, **kwargs)
 
     def describe(self) -> dict:
         return {"forward": "sparsetpc.simulate", "memory_budget": self.memory_budget, "mode": self.mode,
-                "return_waveforms": self.return_waveforms}
+                "return_waveforms": self.return_waveforms, "clock_phases": self.clock_phases}

@@ -50,6 +50,7 @@ class FrontEnd:
     quadrature_nodes: int = 8             # relaxed mode: Gauss–Hermite nodes over the reset baseline
     min_weight: float = 1e-9              # relaxed mode: readouts less probable than this are not reported
     max_attempts: int = 4                 # relaxed mode: trigger attempts per slot (a failed read walks on)
+    clock_phases: int = 3                 # relaxed mode: clock phases averaged over (1: the simulated phase only)
 
     @property
     def integration_ticks(self) -> int:
@@ -188,18 +189,22 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
     passes = torch.special.ndtr(z)
     stored = first * passes
     failed = first - stored
-    stored_value = first * (value * passes + sigma_read * torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi))
+    density = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    stored_value = first * (value * passes + sigma_read * density)
+    # E[X²; X > thr] for X ~ N(v, σ²): (v² + σ²)Φ(z) + σ(v + thr)φ(z)
+    stored_square = first * ((value * value + sigma_read ** 2) * passes + sigma_read * (value + thr) * density)
     stored_column = stored.sum(dim=2)                                                           # [2U, W]
     failed_column = failed.sum(dim=2)
     outputs = torch.stack([stored_column.sum(dim=1), stored_value.sum(dim=(1, 2)),
                            (stored_column * columns_f).sum(dim=1), (stored_column * end_f[rows]).sum(dim=1),
-                           failed_column.sum(dim=1), (failed_column * end_f[rows]).sum(dim=1)])       # [6, 2U]
+                           failed_column.sum(dim=1), (failed_column * end_f[rows]).sum(dim=1),
+                           stored_square.sum(dim=(1, 2)), (stored_column * columns_f * columns_f).sum(dim=1)])  # [8, 2U]
     mixed = outputs[:, :n_pixels] * (1.0 - fraction) + outputs[:, n_pixels:] * fraction
     return tuple(mixed)
 
 
 def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optional[torch.Tensor] = None,
-                     row_width: Optional[torch.Tensor] = None):
+                     row_width: Optional[torch.Tensor] = None, moments: bool = False):
     """The expectation of :func:`hard_readout` with noise, smooth in ``charge`` [U, W] (e⁻ per tick, column 0 empty).
 
     A walk attempt starts at a continuous position p (0 for the first) with a reset baseline b ~ N(0, σ_b²)
@@ -222,7 +227,10 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     trigger on a residual charge does not step with integer window ends.  Default: the whole window.
 
     Returns ``adc`` [U, R], ``crossing`` [U, R] (column, float), ``valid`` [U, R] (weight ≥ min_weight),
-    ``weight`` [U, R].
+    ``weight`` [U, R]; with ``moments`` also the variances of hard mode's ADC (including the rounding's 1/12)
+    and crossing column given that the readout exists, ``adc_variance`` and ``crossing_variance`` [U, R]
+    (from the same first-passage sums: E[v²] with the read noise, E[c²]; the spread of the start position
+    is not included).
     """
     n_pixels, width = charge.shape
     dtype = charge.dtype
@@ -245,7 +253,8 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     tiny = torch.finfo(dtype).tiny
     position = charge.new_zeros(n_pixels)
     chain = charge.new_ones(n_pixels)
-    adcs, crossings, weights = [], [], []
+    adcs, crossings, weights, adc_variances, crossing_variances = [], [], [], [], []
+    adc_per_electron = front_end.gain * front_end.adc_counts / (front_end.v_ref - front_end.v_cm)
     for _ in range(front_end.max_readouts):
         start = position
         sigma_baseline = float(front_end.reset_noise)
@@ -254,14 +263,18 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
         sum_value = charge.new_zeros(n_pixels)
         sum_crossing = charge.new_zeros(n_pixels)
         sum_end = charge.new_zeros(n_pixels)
+        sum_square = charge.new_zeros(n_pixels)
+        sum_crossing_square = charge.new_zeros(n_pixels)
         for _attempt in range(front_end.max_attempts):
-            p_pass, v_pass, c_pass, e_pass, p_fail, e_fail = _walk_attempt(
+            p_pass, v_pass, c_pass, e_pass, p_fail, e_fail, v2_pass, c2_pass = _walk_attempt(
                 start, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
                 nodes, node_weights, horizon_exposure, last)
             probability = probability + reach * p_pass
             sum_value = sum_value + reach * v_pass
             sum_crossing = sum_crossing + reach * c_pass
             sum_end = sum_end + reach * e_pass
+            sum_square = sum_square + reach * v2_pass
+            sum_crossing_square = sum_crossing_square + reach * c2_pass
             # a row walks on while its next attempt is at least min_weight probable (decided per row, so the
             # result does not depend on which rows share the group)
             reach = reach * p_fail
@@ -272,21 +285,30 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
             sigma_baseline = float(front_end.uncorrelated_noise)
         safe = torch.clamp(probability, min=tiny)
         chain = chain * probability
-        adcs.append(digitize(sum_value / safe, front_end, mode="relaxed"))
-        crossings.append(sum_crossing / safe)
+        mean_value = sum_value / safe
+        mean_crossing = sum_crossing / safe
+        adcs.append(digitize(mean_value, front_end, mode="relaxed"))
+        crossings.append(mean_crossing)
         weights.append(chain)
+        if moments:
+            value_variance = torch.clamp(sum_square / safe - mean_value * mean_value, min=0.0)
+            adc_variances.append(value_variance * adc_per_electron ** 2 + 1.0 / 12.0)
+            crossing_variances.append(torch.clamp(sum_crossing_square / safe - mean_crossing * mean_crossing, min=0.0))
         position = sum_end / safe + 1.0 + front_end.dead_ticks + 1.0
         if not bool((chain.detach() >= front_end.min_weight).any()):
             for _ in range(front_end.max_readouts - len(adcs)):
-                adcs.append(torch.zeros_like(chain))
-                crossings.append(torch.zeros_like(chain))
-                weights.append(torch.zeros_like(chain))
+                for column_list in (adcs, crossings, weights) + ((adc_variances, crossing_variances) if moments else ()):
+                    column_list.append(torch.zeros_like(chain))
             break
     weight = torch.stack(weights, 1)
     valid = weight.detach() >= front_end.min_weight
-    adc = torch.where(valid, torch.stack(adcs, 1), torch.zeros_like(weight))
-    crossing = torch.where(valid, torch.stack(crossings, 1), torch.zeros_like(weight))
-    return adc, crossing, valid, weight
+    zero = torch.zeros_like(weight)
+    adc = torch.where(valid, torch.stack(adcs, 1), zero)
+    crossing = torch.where(valid, torch.stack(crossings, 1), zero)
+    if not moments:
+        return adc, crossing, valid, weight
+    return (adc, crossing, valid, weight, torch.where(valid, torch.stack(adc_variances, 1), zero),
+            torch.where(valid, torch.stack(crossing_variances, 1), zero))
 
 
 @torch.no_grad()

@@ -38,6 +38,8 @@ def check_finite_readouts(table: np.ndarray, source: str, consequence: str) -> N
 
 #: Fields of :class:`Hits` with one entry per readout.
 PER_READOUT = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
+#: Optional per-readout fields (None when absent).
+OPTIONAL = ("weight", "adc_variance", "t_variance")
 
 
 @dataclass
@@ -65,6 +67,8 @@ class Hits:
     waveforms: Optional[object] = None
     n_skipped_segments: int = 0        # segments outside every drift volume (no charge)
     weight: Optional[torch.Tensor] = None  # probability that each readout exists (relaxed mode); None = all 1
+    adc_variance: Optional[torch.Tensor] = None  # relaxed mode: variance of hard mode's ADC [ADC²] given the readout
+    t_variance: Optional[torch.Tensor] = None    # relaxed mode: variance of its crossing time [µs²]
 
     def __len__(self) -> int:
         return int(self.adc.shape[0])
@@ -72,9 +76,9 @@ class Hits:
     def select(self, mask: torch.Tensor) -> "Hits":
         """The readouts where ``mask`` [N] is True (pixel_table and waveforms kept whole)."""
         picked = {name: getattr(self, name)[mask] for name in PER_READOUT}
-        weight = None if self.weight is None else self.weight[mask]
-        return Hits(**picked, pixel_table=self.pixel_table, waveforms=self.waveforms,
-                    n_skipped_segments=self.n_skipped_segments, weight=weight)
+        optional = {name: None if getattr(self, name) is None else getattr(self, name)[mask] for name in OPTIONAL}
+        return Hits(**picked, **optional, pixel_table=self.pixel_table, waveforms=self.waveforms,
+                    n_skipped_segments=self.n_skipped_segments)
 
     @classmethod
     def concat(cls, parts) -> "Hits":
@@ -88,6 +92,10 @@ class Hits:
         weight = None
         if any(h.weight is not None for h in parts):
             weight = torch.cat([torch.ones_like(h.adc) if h.weight is None else h.weight for h in parts])
+        for name in ("adc_variance", "t_variance"):
+            # kept only when every part has them (relaxed mode)
+            merged[name] = None if any(getattr(h, name) is None for h in parts) else \
+                torch.cat([getattr(h, name) for h in parts])
         return cls(pixel=torch.cat([h.pixel + int(o) for h, o in zip(parts, offsets)]),
                    pixel_table=torch.cat([h.pixel_table for h in parts]), weight=weight,
                    n_skipped_segments=sum(h.n_skipped_segments for h in parts), **merged)

@@ -96,12 +96,14 @@ def _group_waveforms(buffer, plan, rows):
 
 
 def _relaxed_group(buffer, plan, rows, front_end, horizon):
-    return expected_readout(_group_waveforms(buffer, plan, rows), front_end, horizon[rows], plan.pixel_width[rows])
+    return expected_readout(_group_waveforms(buffer, plan, rows), front_end, horizon[rows], plan.pixel_width[rows],
+                            moments=True)
 
 
 def _reference_group(buffer, plan, rows, front_end, draws):
     adc, crossing, valid = reference_readout(_group_waveforms(buffer, plan, rows), front_end, draws)
-    return adc, crossing, valid, valid.to(adc.dtype)
+    zero = torch.zeros_like(adc)
+    return adc, crossing, valid, valid.to(adc.dtype), zero, zero
 
 
 def simulate(segments: Segments, detector: Optional[Detector] = None, params: Optional[Params] = None, *,
@@ -171,9 +173,73 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     else:
         first_tick = torch.zeros(len(segments), dtype=torch.long, device=device)
         time_shift = torch.zeros(len(segments), dtype=dtype, device=device)
-    state = SegmentState(start=segments.start, end=segments.end, n_electrons=electrons,
-                         t_start=segments.t_start, t_end=segments.t_end, z_anode=drifted.z_anode,
-                         time_shift=time_shift, first_tick=first_tick)
+    generator = None
+    if noise:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(0 if seed is None else int(seed))
+    # relaxed mode averages over clock phases: the sampling grid shifted by j/K of a tick (exactly: the
+    # induction evaluates the current at the shifted ticks), each (pixel, slot) a mixture over the K phases
+    phases = max(1, int(front_end.clock_phases)) if mode == "relaxed" else 1
+    if phases > 1 and options.reference_time_axis:
+        raise ValueError("clock-phase averaging (FrontEnd.clock_phases > 1) and reference_time_axis exclude each "
+                         "other; use FrontEnd(clock_phases=1) for parity studies")
+    buffer = plan = None
+    sums = None
+    for phase_index in range(phases):
+        phase = detector.tick * phase_index / phases
+        state = SegmentState(start=segments.start, end=segments.end, n_electrons=electrons,
+                             t_start=segments.t_start, t_end=segments.t_end, z_anode=drifted.z_anode,
+                             time_shift=time_shift + phase, first_tick=first_tick)
+        phase_buffer, phase_plan, adc, crossing, valid, weight, adc_variance, crossing_variance = _phase_readouts(
+            pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise, generator,
+            max_elements, checkpoint, backend, progress)
+        time = (phase_plan.pixel_start.to(dtype)[:, None] + crossing) * detector.tick + phase
+        time_variance = crossing_variance * detector.tick ** 2
+        if phase_index == 0:
+            buffer, plan = phase_buffer, phase_plan
+        if phases == 1:
+            break
+        # a readout below min_weight in one phase is absent there: it adds nothing to the mixture
+        weight = torch.where(valid, weight, torch.zeros_like(weight))
+        terms = (weight, weight * adc, weight * time, weight * (adc_variance + adc * adc),
+                 weight * (time_variance + time * time))
+        sums = terms if sums is None else tuple(x + y for x, y in zip(sums, terms))
+    if phases > 1:
+        # the mixture over phases: its mean, and its variance (E[x²] − mean², the phases' spread included)
+        weight = sums[0] / phases
+        valid = weight.detach() >= front_end.min_weight
+        safe = torch.clamp(sums[0], min=torch.finfo(dtype).tiny)
+        zero = torch.zeros_like(weight)
+        adc = torch.where(valid, sums[1] / safe, zero)
+        time = torch.where(valid, sums[2] / safe, zero)
+        adc_variance = torch.where(valid, torch.clamp(sums[3] / safe - adc * adc, min=0.0), zero)
+        time_variance = torch.where(valid, torch.clamp(sums[4] / safe - time * time, min=0.0), zero)
+
+    # hits, sorted by pixel then readout slot
+    pixel_rows, slots = torch.nonzero(valid, as_tuple=True)
+    table = pixel_table[pixel_rows]
+    x0 = torch.as_tensor(detector.tpc_borders[:, 0, 0], dtype=dtype, device=device)[table[:, 1]]
+    y0 = torch.as_tensor(detector.tpc_borders[:, 1, 0], dtype=dtype, device=device)[table[:, 1]]
+    time = time[pixel_rows, slots]
+    hits = Hits(event=table[:, 0], pixel=pixel_rows, readout=slots, plane=table[:, 1], ix=table[:, 2], iy=table[:, 3],
+                x=x0 + (table[:, 2].to(dtype) + 0.5) * detector.pixel_pitch,
+                y=y0 + (table[:, 3].to(dtype) + 0.5) * detector.pixel_pitch,
+                t=time, adc=adc[pixel_rows, slots], pixel_table=pixel_table, n_skipped_segments=n_skipped,
+                weight=weight[pixel_rows, slots])
+    if mode == "relaxed":
+        hits.adc_variance = adc_variance[pixel_rows, slots]
+        hits.t_variance = time_variance[pixel_rows, slots]
+    if return_waveforms:
+        hits.waveforms = to_waveforms(buffer, plan, pixel_table)
+    return hits
+
+
+def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise,
+                    generator, max_elements, checkpoint, backend, progress):
+    """Induction and electronics on one sampling grid (``state.time_shift``): (buffer, plan, adc, crossing,
+    valid, weight, adc_variance, crossing_variance), the last six [U, R], the crossing in columns of each pixel's
+    window (variances: relaxed mode only, else 0)."""
+    device = state.start.device
     bar = None
     callback = None
     if progress:
@@ -184,18 +250,15 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
                           checkpoint, backend, callback)
     if bar is not None:
         bar.close()
-
     # electronics, in groups of pixels of similar window width
-    generator = None
-    if noise:
-        generator = torch.Generator(device=device)
-        generator.manual_seed(0 if seed is None else int(seed))
     use_checkpoint = (torch.is_grad_enabled() and buffer.requires_grad) if checkpoint is None else checkpoint
     readouts = front_end.max_readouts
     adc = buffer.new_zeros((n_pixels, readouts))
     crossing = buffer.new_zeros((n_pixels, readouts))
     valid = torch.zeros((n_pixels, readouts), dtype=torch.bool, device=device)
     weight = buffer.new_zeros((n_pixels, readouts))
+    adc_variance = buffer.new_zeros((n_pixels, readouts))
+    crossing_variance = buffer.new_zeros((n_pixels, readouts))
     horizon = pixel_horizon(plan, pairs, state, params, detector, options) if (mode == "relaxed" and n_pixels) else None
     if n_pixels:
         # the relaxed front end holds [rows, width, quadrature nodes] temporaries
@@ -206,35 +269,24 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
             if mode == "hard":
                 a, c, v = hard_readout(_group_waveforms(buffer.detach(), plan, rows), front_end, noise, generator)
                 w = v.to(buffer.dtype)
+                va = vc = torch.zeros_like(a)
             elif mode == "relaxed":
                 if use_checkpoint:
-                    a, c, v, w = torch.utils.checkpoint.checkpoint(_relaxed_group, buffer, plan, rows, front_end,
-                                                                   horizon, use_reentrant=False)
+                    a, c, v, w, va, vc = torch.utils.checkpoint.checkpoint(_relaxed_group, buffer, plan, rows,
+                                                                           front_end, horizon, use_reentrant=False)
                 else:
-                    a, c, v, w = _relaxed_group(buffer, plan, rows, front_end, horizon)
+                    a, c, v, w, va, vc = _relaxed_group(buffer, plan, rows, front_end, horizon)
             else:
                 draws = draw_readout_noise(len(rows), front_end, buffer, generator) if noise else None
                 if use_checkpoint:
-                    a, c, v, w = torch.utils.checkpoint.checkpoint(_reference_group, buffer, plan, rows, front_end,
-                                                                   draws, use_reentrant=False)
+                    a, c, v, w, va, vc = torch.utils.checkpoint.checkpoint(_reference_group, buffer, plan, rows,
+                                                                           front_end, draws, use_reentrant=False)
                 else:
-                    a, c, v, w = _reference_group(buffer, plan, rows, front_end, draws)
+                    a, c, v, w, va, vc = _reference_group(buffer, plan, rows, front_end, draws)
             adc = adc.index_copy(0, rows, a)
             crossing = crossing.index_copy(0, rows, c)
             valid = valid.index_copy(0, rows, v)
             weight = weight.index_copy(0, rows, w)
-
-    # hits, sorted by pixel then readout slot
-    pixel_rows, slots = torch.nonzero(valid, as_tuple=True)
-    table = pixel_table[pixel_rows]
-    x0 = torch.as_tensor(detector.tpc_borders[:, 0, 0], dtype=dtype, device=device)[table[:, 1]]
-    y0 = torch.as_tensor(detector.tpc_borders[:, 1, 0], dtype=dtype, device=device)[table[:, 1]]
-    time = (plan.pixel_start[pixel_rows].to(dtype) + crossing[pixel_rows, slots]) * detector.tick
-    hits = Hits(event=table[:, 0], pixel=pixel_rows, readout=slots, plane=table[:, 1], ix=table[:, 2], iy=table[:, 3],
-                x=x0 + (table[:, 2].to(dtype) + 0.5) * detector.pixel_pitch,
-                y=y0 + (table[:, 3].to(dtype) + 0.5) * detector.pixel_pitch,
-                t=time, adc=adc[pixel_rows, slots], pixel_table=pixel_table, n_skipped_segments=n_skipped,
-                weight=weight[pixel_rows, slots])
-    if return_waveforms:
-        hits.waveforms = to_waveforms(buffer, plan, pixel_table)
-    return hits
+            adc_variance = adc_variance.index_copy(0, rows, va)
+            crossing_variance = crossing_variance.index_copy(0, rows, vc)
+    return buffer, plan, adc, crossing, valid, weight, adc_variance, crossing_variance

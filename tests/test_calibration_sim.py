@@ -66,7 +66,7 @@ def test_closure_two_parameters_converges(example, tmp_path):
         entry = result["params"][name]
         assert abs(entry["fitted"] / target - 1) < 0.02, entry
         assert abs(entry["initial"] / target - 1) > 0.03            # it really moved
-        assert entry["sigma"] is not None and entry["sigma"] > 0
+        assert entry["sigma"] is None                     # space_match: not a likelihood, no sigma
     assert result["final_loss"] < result_loss_at_start(f)
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["iterations"] == 40 and (tmp_path / "plots" / "convergence.png").exists()
@@ -100,7 +100,7 @@ def test_cli_on_simulator(example, tmp_path):
     assert rc == 0
     res = json.loads((tmp_path / "result.json").read_text())
     assert res["iterations"] == 2 and res["meta"]["input"]["group"] == "track" and res["meta"]["noise_target"]
-    assert res["params"]["Ab"]["sigma"] is None or res["params"]["Ab"]["sigma"] > 0
+    assert res["params"]["Ab"]["sigma"] is None and "not a likelihood" in res["sigma_reason"]
 
 
 def test_chi2_loss_through_the_simulator(example):

@@ -15,6 +15,7 @@ import torch
 
 from .chamfer import chamfer_loss
 from .chi2 import noise_sigma_adc, readout_chi2, readout_keys
+from .likelihood import readout_nll
 from .sdtw import sdtw_loss, soft_dtw, soft_dtw_divergence
 from .sinkhorn import sinkhorn_loss
 from .space_match import space_match_loss
@@ -26,13 +27,15 @@ CLOUD_LOSSES = {
     "sinkhorn": sinkhorn_loss,
     "sdtw": sdtw_loss,
 }
-LOSS_NAMES = tuple(CLOUD_LOSSES) + ("mse", "chi2")
+LOSS_NAMES = tuple(CLOUD_LOSSES) + ("mse", "chi2", "likelihood")
+#: losses whose value is a χ² or −log L summed over units (σ from the curvature are statistical errors)
+STATISTICAL_LOSSES = {"chi2": 1.0, "likelihood": 0.5}     # name → ERRORDEF up
 COLUMNS = ("x", "y", "t", "adc")
 #: default per-axis scales: one pixel pitch in x, y; the drift time over one pitch in t [µs]; ADC: None =
 #: mean |ADC| of the target hits of the event (the reference model's choice).
 DEFAULT_SCALES = {"x": 0.4434, "y": 0.4434, "t": 2.8, "adc": None}
 
-__all__ = ["HitsLoss", "LOSS_NAMES", "readout_chi2", "readout_keys", "noise_sigma_adc", "chamfer_loss", "sdtw_loss", "soft_dtw", "soft_dtw_divergence",
+__all__ = ["HitsLoss", "LOSS_NAMES", "STATISTICAL_LOSSES", "readout_nll", "readout_chi2", "readout_keys", "noise_sigma_adc", "chamfer_loss", "sdtw_loss", "soft_dtw", "soft_dtw_divergence",
            "sinkhorn_loss", "space_match_loss", "waveform_mse", "waveform_keys", "hit_cloud"]
 
 
@@ -72,6 +75,10 @@ class HitsLoss:
         self.empty_penalty = float(empty_penalty)
         self.options = options
         self.chi2 = name == "chi2"
+        self.likelihood = name == "likelihood"
+        #: the fitter sums this loss over units (a total χ² or −log L) and reports σ with this ERRORDEF
+        self.statistical = name in STATISTICAL_LOSSES
+        self.errordef = STATISTICAL_LOSSES.get(name)
         self.last_counts = None
 
     def describe(self) -> dict:
@@ -91,6 +98,8 @@ class HitsLoss:
     def __call__(self, guess, target, n_units: Optional[int] = None) -> torch.Tensor:
         if self.name == "mse":
             return self._mse(guess, target, n_units)
+        if self.name == "likelihood":
+            return self._likelihood(guess, target, n_units)
         # point-cloud losses take each readout as certain: relaxed readouts (weight = probability) enter when
         # more likely than not
         guess = guess.likely() if hasattr(guess, "likely") else guess
@@ -129,6 +138,23 @@ class HitsLoss:
         events = torch.unique(torch.cat([guess.event.reshape(-1), target.event.reshape(-1)]).cpu())
         denom = n_units if n_units is not None else max(len(events), 1)
         return chi2 / denom
+
+    def _likelihood(self, guess, target, n_units):
+        for attr in ("weight", "adc_variance", "t_variance"):
+            if getattr(guess, attr, None) is None:
+                raise ValueError(f"the 'likelihood' loss needs the relaxed model's readout probabilities and "
+                                 f"variances on the guess (hits.{attr} is missing: simulate in mode 'relaxed')")
+        if getattr(target, "readout", None) is None or getattr(target, "plane", None) is None:
+            raise ValueError("the 'likelihood' loss needs readout keys (event, plane, ix, iy, readout) on the target")
+        pixel = lambda h: torch.stack([h.event.reshape(-1).long(), h.plane.reshape(-1).long(), h.ix.reshape(-1).long(),
+                                       h.iy.reshape(-1).long()], dim=1)
+        nll, summary = readout_nll(pixel(guess), guess.readout.long(), guess.weight, guess.adc, guess.t,
+                                   guess.adc_variance, guess.t_variance, pixel(target), target.readout.long(),
+                                   target.adc, target.t, **self.options)
+        self.last_counts = summary
+        events = torch.unique(torch.cat([guess.event.reshape(-1), target.event.reshape(-1)]).cpu())
+        denom = n_units if n_units is not None else max(len(events), 1)
+        return nll / denom
 
     def _mse(self, guess, target, n_units):
         if getattr(guess, "waveforms", None) is None or getattr(target, "waveforms", None) is None:

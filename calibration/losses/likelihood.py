@@ -1,0 +1,105 @@
+"""Negative log-likelihood of target readouts (packets: pixel, slot, time, ADC) under the relaxed model.
+
+The relaxed front end gives, for every pixel and readout slot s, the probability ``w_s`` that hard mode with
+noise stores an s-th readout (nested: w_0 ≥ w_1 ≥ ...), and the mean and variance of its ADC and crossing
+time given that it exists (``Hits.weight``, ``adc``, ``t``, ``adc_variance``, ``t_variance``).  For a pixel on
+which the target holds n readouts (slots 0..n−1, in time order), the likelihood is
+
+    P(N = n) · Π_{s<n} p_s(adc_s, t_s),      P(N = n) = w_{n−1} − w_n   (w_{−1} = 1, w_s = 0 past the last slot)
+
+with the readout density a Gaussian in (ADC, t) and an outlier component (a slot whose readout is far from
+the model's, e.g. after a noise-shifted slot, or a slot the model thinks improbable):
+
+    p_s(x) = (w_s · N(adc; μ_a, σ_a²) · N(t; μ_t, σ_t²) + η · B) / (w_s + η),
+    B = exp(−χ²_out / 2) / (2π σ_a0 σ_t0)       (σ_a0 the noise model's σ_ADC, σ_t0 one tick)
+
+so that a readout further than χ²_out from the model costs what a χ² = χ²_out readout costs, and a slot
+that fades out of the model (w_s → 0) joins the outlier term continuously.  Pixels where either side has
+readouts all count (a pixel the model fires and the target does not: −log(1 − w_0)).  ``count_floor`` is
+added to P(N = n): a target count the model calls impossible costs −log(count_floor), not infinity.
+
+The value is −log L summed over pixels (up to a constant): a likelihood, so the curvature at the minimum
+gives σ with ``up = 0.5`` (cov = H⁻¹).  Everything is smooth in the guess's tensors: no matching by
+threshold, no argmin; the slots are matched by index as the hardware counts them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from .chi2 import noise_sigma_adc
+
+#: defaults: a readout further than χ² = 25 (5σ) from the model is an outlier; P(N = n) floor
+OUTLIER_CHI2 = 25.0
+COUNT_FLOOR = 1e-6
+OUTLIER_WEIGHT = 1.0
+
+
+def _rows(keys: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
+    """Row of ``union`` (sorted unique rows) holding each row of ``keys`` (every row present)."""
+    _, inverse = torch.unique(torch.cat([union, keys]), dim=0, return_inverse=True)
+    # torch.unique sorts: the union rows map onto 0..P−1 in order, so the inverse of a key is its union row
+    return inverse[union.shape[0]:]
+
+
+def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: torch.Tensor, adc: torch.Tensor,
+                time: torch.Tensor, adc_variance: torch.Tensor, time_variance: torch.Tensor,
+                pixel_target: torch.Tensor, slot_target: torch.Tensor, adc_target: torch.Tensor,
+                time_target: torch.Tensor, *, n_slots: int = 10, outlier_chi2: float = OUTLIER_CHI2,
+                outlier_weight: float = OUTLIER_WEIGHT, count_floor: float = COUNT_FLOOR,
+                sigma_adc0: Optional[float] = None, sigma_time0: float = 0.1,
+                time_variance_floor: float = 0.1 ** 2 / 12.0) -> Tuple[torch.Tensor, Dict[str, float]]:
+    """(−log L, summary) for guess readouts (pixel keys [Ng, K], slot [Ng], weight, adc, time, variances [Ng])
+    and target readouts (pixel keys [Nt, K], slot [Nt], adc, time [Nt]).  See the module docstring.
+    ``time_variance_floor`` [µs²] is added to the model's time variance (a tick's quantisation, 0.1²/12: the model
+    is not exact to better than that, and a crossing certain to one tick would otherwise have zero width)."""
+    dtype, device = adc.dtype, adc.device
+    sigma_adc0 = noise_sigma_adc() if sigma_adc0 is None else float(sigma_adc0)
+    log_outlier = math.log(outlier_weight) - 0.5 * outlier_chi2 - math.log(2.0 * math.pi * sigma_adc0 * sigma_time0)
+    zero = adc.sum() * 0.0 + weight.sum() * 0.0
+    n_guess, n_target = pixel_guess.shape[0], pixel_target.shape[0]
+    if n_guess + n_target == 0:
+        return zero, {"pixels": 0, "target_readouts": 0, "expected_readouts": 0.0}
+    if n_target and int(slot_target.max()) >= n_slots or n_guess and int(slot_guess.max()) >= n_slots:
+        raise ValueError(f"readout slot beyond the front end's {n_slots} readouts per pixel")
+    union = torch.unique(torch.cat([pixel_guess, pixel_target.to(pixel_guess.dtype)]), dim=0)
+    n_pixels = union.shape[0]
+    row_guess = _rows(pixel_guess, union)
+    row_target = _rows(pixel_target.to(pixel_guess.dtype), union)
+    # w[p, s], s = 0..n_slots (the last column stays 0: no readout past the last slot)
+    table = torch.zeros((n_pixels, n_slots + 1), dtype=dtype, device=device)
+    table = table.index_put((row_guess, slot_guess), weight.to(dtype))
+    counts = torch.bincount(row_target, minlength=n_pixels)
+    before = torch.where(counts > 0, table[torch.arange(n_pixels, device=device), torch.clamp(counts - 1, min=0)],
+                         torch.ones(n_pixels, dtype=dtype, device=device))
+    after = table[torch.arange(n_pixels, device=device), counts]
+    probability = torch.clamp(before - after, min=0.0)
+    count_term = -torch.log(probability + count_floor).sum()
+    # values of the target readouts against the guess's slot (absent slot: weight 0 → the outlier density)
+    where = torch.full((n_pixels, n_slots), -1, dtype=torch.long, device=device)
+    where[row_guess, slot_guess] = torch.arange(n_guess, device=device)
+    at = where[row_target, slot_target] if n_target else torch.zeros(0, dtype=torch.long, device=device)
+    present = at >= 0
+    index = torch.clamp(at, min=0)
+    value_term = zero
+    if n_target and bool(present.any()):
+        pick = lambda x: x[index]
+        w = torch.where(present, pick(weight), torch.zeros_like(adc_target, dtype=dtype))
+        var_a = torch.where(present, pick(adc_variance), torch.ones_like(w))
+        var_t = torch.where(present, pick(time_variance) + time_variance_floor, torch.ones_like(w))
+        chi2 = (adc_target.to(dtype) - pick(adc)) ** 2 / var_a + (time_target.to(dtype) - pick(time)) ** 2 / var_t
+        log_gauss = -0.5 * chi2 - 0.5 * torch.log(var_a * var_t) - math.log(2.0 * math.pi)
+        log_w = torch.log(torch.clamp(w, min=torch.finfo(dtype).tiny))
+        mixed = torch.logaddexp(log_w + log_gauss, torch.full_like(w, log_outlier))
+        log_p = mixed - torch.log(w + outlier_weight)
+        # absent slots: (0 + ηB)/(0 + η) = B exactly
+        log_p = torch.where(present, log_p, torch.full_like(log_p, log_outlier - math.log(outlier_weight)))
+        value_term = -log_p.sum()
+    elif n_target:
+        value_term = zero + n_target * -(log_outlier - math.log(outlier_weight))
+    summary = {"pixels": int(n_pixels), "target_readouts": int(n_target),
+               "expected_readouts": float(weight.detach().sum()),
+               "target_slots_absent_in_model": int((~present).sum()) if n_target else 0}
+    return count_term + value_term, summary

@@ -1,0 +1,189 @@
+"""The readout likelihood (calibration/losses/likelihood.py) and the moments it uses (electronics.expected_readout).
+
+Known values from the formula written out here, gradcheck, continuity where a slot fades out of the model, the
+relaxed front end's variances against the spread of the hard front end over noise seeds, and the full pipeline's
+gradient of the likelihood against central differences."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import sparsetpc as st
+from calibration.losses import HitsLoss, noise_sigma_adc, readout_nll
+from calibration.losses.likelihood import COUNT_FLOOR, OUTLIER_CHI2
+from sparsetpc.electronics import FrontEnd, expected_readout, hard_readout
+
+from helpers import SHARED, needs_shared
+
+D = torch.float64
+
+
+def _pixel(*rows):
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _log_outlier(sigma_adc0=None, sigma_time0=0.1):
+    s0 = noise_sigma_adc() if sigma_adc0 is None else sigma_adc0
+    return -0.5 * OUTLIER_CHI2 - math.log(2 * math.pi * s0 * sigma_time0)
+
+
+class TestReadoutNLL:
+    def test_known_value_one_readout(self):
+        """One pixel, one target readout, one model slot (w, μ, σ²): −log[(w − 0)+ε] − log[(w g + B)/(w + 1)]."""
+        w, mu_a, mu_t, va, vt = 0.9, 100.0, 50.0, 1.2, 0.01
+        x_a, x_t = 101.0, 50.05
+        floor = 0.1 ** 2 / 12
+        nll, summary = readout_nll(_pixel([0, 0, 3, 4]), torch.tensor([0]), torch.tensor([w], dtype=D),
+                                   torch.tensor([mu_a], dtype=D), torch.tensor([mu_t], dtype=D),
+                                   torch.tensor([va], dtype=D), torch.tensor([vt], dtype=D),
+                                   _pixel([0, 0, 3, 4]), torch.tensor([0]), torch.tensor([x_a], dtype=D),
+                                   torch.tensor([x_t], dtype=D))
+        vt_total = vt + floor
+        chi2 = (x_a - mu_a) ** 2 / va + (x_t - mu_t) ** 2 / vt_total
+        gauss = math.exp(-0.5 * chi2) / (2 * math.pi * math.sqrt(va * vt_total))
+        expected = -math.log(w - 0.0 + COUNT_FLOOR) - math.log((w * gauss + math.exp(_log_outlier())) / (w + 1.0))
+        assert float(nll) == pytest.approx(expected, rel=1e-12)
+        assert summary["pixels"] == 1 and summary["target_readouts"] == 1
+
+    def test_count_terms(self):
+        """A pixel the model may fire and the target does not: −log(1 − w0); a pixel with two target readouts
+        and model slots (w0, w1): −log(w1 − 0) for the count."""
+        weights = torch.tensor([0.3], dtype=D)
+        nll, _ = readout_nll(_pixel([0, 0, 1, 1]), torch.tensor([0]), weights, torch.tensor([90.0], dtype=D),
+                             torch.tensor([10.0], dtype=D), torch.ones(1, dtype=D), torch.ones(1, dtype=D) * 0.01,
+                             torch.zeros((0, 4), dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                             torch.zeros(0, dtype=D), torch.zeros(0, dtype=D))
+        assert float(nll) == pytest.approx(-math.log(0.7 + COUNT_FLOOR), rel=1e-12)
+        # target has readouts where the model has none: count at the floor, values at the outlier density
+        nll, summary = readout_nll(torch.zeros((0, 4), dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                                   torch.zeros(0, dtype=D), torch.zeros(0, dtype=D), torch.zeros(0, dtype=D),
+                                   torch.zeros(0, dtype=D), torch.zeros(0, dtype=D), _pixel([0, 0, 1, 1], [0, 0, 1, 1]),
+                                   torch.tensor([0, 1]), torch.tensor([90.0, 80.0], dtype=D),
+                                   torch.tensor([10.0, 12.0], dtype=D))
+        assert float(nll) == pytest.approx(-math.log(COUNT_FLOOR) - 2 * _log_outlier(), rel=1e-12)
+        assert summary["target_slots_absent_in_model"] == 2
+
+    def test_gradcheck(self):
+        torch.manual_seed(0)
+        pixel_guess = _pixel([0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 2, 5], [1, 1, 0, 0])
+        slot_guess = torch.tensor([0, 1, 0, 0])
+        pixel_target = _pixel([0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 2, 5], [0, 0, 7, 7])
+        slot_target = torch.tensor([0, 1, 0, 0])
+        adc_target = torch.tensor([100.0, 90.0, 85.0, 120.0], dtype=D)
+        t_target = torch.tensor([20.0, 22.1, 30.0, 40.0], dtype=D)
+
+        def fn(w, adc, t, va, vt):
+            return readout_nll(pixel_guess, slot_guess, w, adc, t, va, vt, pixel_target, slot_target, adc_target,
+                               t_target)[0]
+        inputs = (torch.tensor([0.95, 0.6, 0.4, 0.8], dtype=D), torch.tensor([99.0, 91.0, 84.0, 100.0], dtype=D),
+                  torch.tensor([20.05, 22.0, 30.1, 41.0], dtype=D), torch.tensor([1.1, 1.5, 0.9, 1.0], dtype=D),
+                  torch.tensor([0.02, 0.03, 0.01, 0.02], dtype=D))
+        inputs = tuple(x.requires_grad_(True) for x in inputs)
+        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+
+    def test_a_fading_slot_joins_the_outlier_term_continuously(self):
+        """A model slot whose weight falls below min_weight is dropped from the hits: the loss must not jump."""
+        def nll(slots):
+            pixel = _pixel(*([[0, 0, 1, 1]] * len(slots)))
+            w = torch.tensor([s[0] for s in slots], dtype=D)
+            value, _ = readout_nll(pixel, torch.arange(len(slots)), w, torch.tensor([s[1] for s in slots], dtype=D),
+                                   torch.tensor([s[2] for s in slots], dtype=D), torch.ones(len(slots), dtype=D),
+                                   torch.full((len(slots),), 0.01, dtype=D), _pixel([0, 0, 1, 1], [0, 0, 1, 1]),
+                                   torch.tensor([0, 1]), torch.tensor([100.0, 95.0], dtype=D),
+                                   torch.tensor([20.0, 24.0], dtype=D))
+            return float(value)
+        present = nll([(1.0, 100.0, 20.0), (1e-10, 95.0, 24.0)])
+        absent = nll([(1.0, 100.0, 20.0)])
+        assert abs(present - absent) < 1e-3          # −log(ε + 1e-10) vs −log ε: 1e-4; the value term ~1e-10
+        assert present != absent
+
+    def test_hits_loss_requires_the_relaxed_moments(self):
+        class Bare:
+            event = torch.zeros(1, dtype=torch.long)
+            weight = None
+        with pytest.raises(ValueError, match="relaxed"):
+            HitsLoss("likelihood")(Bare(), Bare())
+
+
+class TestExpectedMoments:
+    def test_variances_match_the_spread_of_hard_mode(self):
+        """On pulses of several shapes and sizes, the relaxed front end's ADC and crossing variances equal the
+        spread of the hard front end's over 600 noise seeds (statistical error of a variance: √(2/600) ≈ 6 %).
+        The slow pulse shows the baseline–crossing anticorrelation: its ADC variance (≈0.5 ADC²) is less than half the
+        independent-noise sum (reset 900 e⁻ and read 500 e⁻: ≈1.1 ADC²), in both front ends."""
+        ticks = torch.arange(140, dtype=D)
+        shapes = []
+        for amplitude, width, start in ((1.3e4, 3.0, 10), (2e4, 6.0, 30), (4e4, 1.5, 12), (1.5e4, 25.0, 20)):
+            pulse = amplitude * torch.exp(-0.5 * ((ticks - start - 3 * width) / width) ** 2)
+            shapes.append(pulse / pulse.sum() * amplitude)
+        charge = torch.stack(shapes)
+        charge[:, 0] = 0.0
+        fe = FrontEnd()
+        adc, crossing, valid, weight, var_adc, var_crossing = expected_readout(charge, fe, moments=True)
+        generator = torch.Generator().manual_seed(11)
+        draws_a, draws_c, seen = [], [], []
+        for _ in range(600):
+            a, c, v = hard_readout(charge, fe, noise=True, generator=generator)
+            draws_a.append(a[:, 0]); draws_c.append(c[:, 0]); seen.append(v[:, 0])
+        a, c, v = torch.stack(draws_a), torch.stack(draws_c), torch.stack(seen)
+        assert bool(v.all())                               # every pulse is far above threshold: slot 0 always
+        ratio_a = var_adc[:, 0] / a.var(dim=0)
+        assert torch.all((ratio_a > 0.8) & (ratio_a < 1.25)), ratio_a
+        # crossing variances span 0.003 tick² (a sharp pulse: one tick in ~400 draws differs) to 17 tick²: relative
+        # 20 % or, for the nearly certain crossing, 0.01 tick² (its rare events are too few in 600 draws)
+        empirical = c.var(dim=0)
+        assert torch.all((var_crossing[:, 0] - empirical).abs() < 0.2 * empirical + 0.01), (var_crossing[:, 0], empirical)
+        assert float(var_crossing[:, 0].max()) > 10 and float(var_crossing[:, 0].min()) < 0.01      # the span above
+
+    def test_gradcheck_of_the_variances(self):
+        charge = torch.zeros(2, 40, dtype=D)
+        charge[0, 5:12] = torch.tensor([500.0, 1500.0, 3000.0, 2500.0, 1200.0, 500.0, 200.0], dtype=D)
+        charge[1, 3:9] = torch.tensor([2000.0, 4000.0, 1500.0, 800.0, 300.0, 100.0], dtype=D)
+        charge.requires_grad_(True)
+        fe = FrontEnd(quadrature_nodes=4, max_readouts=2)
+        assert torch.autograd.gradcheck(lambda q: expected_readout(q, fe, moments=True)[4:], (charge,),
+                                        eps=1e-3, atol=1e-6, rtol=1e-4)
+
+
+def _likelihood_loss(segments, target, params):
+    return HitsLoss("likelihood")(st.simulate(segments, st.Detector.default(), params), target)
+
+
+@needs_shared
+@pytest.mark.slow
+def test_likelihood_gradient_matches_finite_differences_at_every_step():
+    """The readout likelihood through the whole pipeline (mixed_trk4 segments, target: hard mode with noise at
+    another parameter point): central differences at 1e-4..1e-6 agree with autograd within 2 %, and at 1e-3 either
+    within 2 % or, where the likelihood's own curvature shows at a step that large (vdrift: 1e-3 moves the times
+    by about one σ_t), the deviation shrinks as h² from 1e-3 to 1e-4 (a smooth function; a hard index would not)."""
+    from validation.run_reference import segment_rows
+    torch.set_num_threads(1)
+    segments = st.Segments.from_numpy(segment_rows(SHARED / "reference" / "mixed_trk4_fwd.npz"), swap=False)
+    with torch.no_grad():
+        target = st.simulate(segments, st.Detector.default(),
+                             st.Params.nominal().replace(vdrift=0.1587 * 1.01, Ab=0.816, lifetime=1800.0,
+                                                         tran_diff=9e-6, long_diff=3.6e-6),
+                             mode="hard", noise=True, seed=1)
+    failures = []
+    for name in ("Ab", "kb", "eField", "vdrift", "lifetime", "long_diff", "tran_diff"):
+        base = st.Params.nominal(link_vdrift_efield=(name == "eField"))
+        params = base.replace().requires_grad_([name])
+        _likelihood_loss(segments, target, params).backward()
+        gradient = float(getattr(params, name).grad)
+        value = float(getattr(base, name))
+        deviation = {}
+        with torch.no_grad():
+            for relative in (1e-3, 1e-4, 1e-5, 1e-6):
+                h = value * relative
+                difference = (float(_likelihood_loss(segments, target, base.replace(**{name: value + h})))
+                              - float(_likelihood_loss(segments, target, base.replace(**{name: value - h})))) / (2 * h)
+                deviation[relative] = difference / gradient - 1
+        for relative in (1e-4, 1e-5, 1e-6):
+            if abs(deviation[relative]) > 0.02:
+                failures.append((name, relative, deviation[relative]))
+        if abs(deviation[1e-3]) > 0.02:
+            scaling = deviation[1e-3] / deviation[1e-4]
+            if not 70 < scaling < 140:
+                failures.append((name, 1e-3, deviation[1e-3], "h² scaling", scaling))
+    assert not failures, failures
