@@ -175,8 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-wall", type=float, default=None, metavar="S",
                    help="leave the main loop after S seconds of wall time (then polish, Hessian, result)")
     g.add_argument("--sigma-replicas", type=int, default=0, metavar="N",
-                   help="chi2 loss: per-readout sigma_ADC from N noisy replicas of the guess at the initial values "
-                        "(captures the integration-window jitter the noise model leaves out); 0 = noise model")
+                   help="chi2 loss: per-readout sigma_ADC from N >= 5 noisy replicas of the guess at the initial "
+                        "values (captures the integration-window jitter the noise model leaves out); 0 = noise model")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)   # test hook (simulated kill)
     scan = sub.add_parser("scan", help="1-D loss scans per parameter for several losses")
     _common(scan)
@@ -306,8 +306,10 @@ def check_arguments(args) -> None:
         for attr, option in (("max_wall", "--max-wall"), ("polish_max_wall", "--polish-max-wall"),
                              ("hessian_step", "--hessian-step"), ("errordef", "--errordef")):
             _check_number(args, attr, option, positive=True)
-        _require(args.sigma_replicas == 0 or args.sigma_replicas >= 2,
-                 f"--sigma-replicas must be 0 (noise model) or >= 2, got {args.sigma_replicas}")
+        from .readout_sigma import MIN_REPLICAS
+        _require(args.sigma_replicas == 0 or args.sigma_replicas >= MIN_REPLICAS,
+                 f"--sigma-replicas must be 0 (noise model) or >= {MIN_REPLICAS} (a readout seen in fewer replicas "
+                 f"keeps the model sigma), got {args.sigma_replicas}")
         _require(not args.sigma_replicas or args.loss == "chi2", "--sigma-replicas needs --loss chi2")
         args.optimizer_kwargs_parsed = _json_object(args.optimizer_kwargs, "--optimizer-kwargs")
         args.scheduler_kwargs_parsed = _json_object(args.scheduler_kwargs, "--scheduler-kwargs")
@@ -413,10 +415,16 @@ def _data(args, dtype, device, events=None, target_format=None):
     if target_format == "packets":
         from .targets import WrittenChannelsForward
         forward = WrittenChannelsForward(forward, _layout(args))
+    from .checkpoint import file_digest
+    # the SHA-256 of the input is part of the closure-target cache key (targets.simulate_targets hashes this
+    # dict): a file rewritten in place with the same size must not reuse the old targets
     info = {"input": os.path.abspath(args.input), "input_size": os.path.getsize(args.input),
+            "input_sha256": file_digest(args.input)["sha256"],
             "ntracks": args.ntracks, "track_seed": args.track_seed, "group": group, "no_cuts": args.no_cuts,
             "cuts": dataclasses.asdict(cuts), "units_available": available,
-            "events": None if events is None else list(events)}
+            "events": None if events is None else list(events),
+            "units": [[list(key) for key in batch.keys] for batch in batches],     # (eventID, trackID|-1) per batch
+            "segments": int(sum(len(batch.data) for batch in batches))}            # simulated, after the selection
     return forward, batches, info
 
 

@@ -22,8 +22,8 @@ def _save(fig, path):
     plt.close(fig)
 
 
-def plot_convergence(history, path) -> None:
-    """Each parameter's value per iteration, relative to its target (or initial value) when known."""
+def plot_convergence(history, path):
+    """Each parameter's value per iteration, with its target and initial value as lines; returns the Figure."""
     plt = _plt()
     n = len(history.names)
     fig, axes = plt.subplots(n, 1, figsize=(7, 2.0 * n + 0.6), sharex=True, squeeze=False)
@@ -41,9 +41,11 @@ def plot_convergence(history, path) -> None:
     axes[-1, 0].set_xlabel("iteration")
     fig.tight_layout()
     _save(fig, path)
+    return fig
 
 
-def plot_loss(history, path) -> None:
+def plot_loss(history, path):
+    """The batch loss per iteration (log scale when every loss is positive); returns the Figure."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 3.5))
     loss = np.asarray(history.loss, dtype=float)
@@ -54,9 +56,11 @@ def plot_loss(history, path) -> None:
     ax.set_ylabel("loss (batch)")
     fig.tight_layout()
     _save(fig, path)
+    return fig
 
 
-def plot_correlation(names: Sequence[str], corr, path) -> None:
+def plot_correlation(names: Sequence[str], corr, path):
+    """The correlation matrix as an image with its values written in; returns the Figure."""
     plt = _plt()
     c = np.array([[np.nan if v is None else v for v in row] for row in corr], dtype=float)
     n = len(names)
@@ -71,13 +75,14 @@ def plot_correlation(names: Sequence[str], corr, path) -> None:
     fig.colorbar(im, ax=ax, label="correlation")
     fig.tight_layout()
     _save(fig, path)
+    return fig
 
 
-def plot_scan(scan: Mapping, path) -> None:
+def plot_scan(scan: Mapping, path):
     """``scan``: {"param": name, "values": [...], "losses": {loss_name: [...]}, "target": float|None}.
 
     Each loss curve is mapped to [0, 1] ((L − min)/(max − min)) so that losses of different scale and offset
-    share one axis.
+    share one axis.  Returns the Figure.
     """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 3.8))
@@ -93,14 +98,18 @@ def plot_scan(scan: Mapping, path) -> None:
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
+    return fig
 
 
-def plot_fit(history, result: Mapping, out_dir) -> None:
+def plot_fit(history, result: Mapping, out_dir) -> dict:
+    """Write convergence.png, loss.png and (with a correlation) correlation.png; returns {file name: Figure}."""
     os.makedirs(out_dir, exist_ok=True)
-    plot_convergence(history, os.path.join(out_dir, "convergence.png"))
-    plot_loss(history, os.path.join(out_dir, "loss.png"))
+    figures = {"convergence.png": plot_convergence(history, os.path.join(out_dir, "convergence.png")),
+               "loss.png": plot_loss(history, os.path.join(out_dir, "loss.png"))}
     if result.get("correlation") is not None:
-        plot_correlation(history.names, result["correlation"], os.path.join(out_dir, "correlation.png"))
+        figures["correlation.png"] = plot_correlation(history.names, result["correlation"],
+                                                      os.path.join(out_dir, "correlation.png"))
+    return figures
 
 
 def plot_scans_from_json(path, out_dir) -> list:

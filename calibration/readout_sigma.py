@@ -32,9 +32,13 @@ def _lookup(keys_from: torch.Tensor, keys_in: torch.Tensor) -> torch.Tensor:
     return where[inverse[:keys_from.shape[0]]]
 
 
+#: a readout seen in fewer replicas keeps the model σ, so fewer replicas than this change nothing
+MIN_REPLICAS = 5
+
+
 @torch.no_grad()
 def replica_sigma(forward: Callable, params, data, target, n_replicas: int, seed: int,
-                  max_dt: Optional[float] = 1.0, min_replicas: int = 5, floor: float = 0.5,
+                  max_dt: Optional[float] = 1.0, min_replicas: int = MIN_REPLICAS, floor: float = 0.5,
                   sigma_model: Optional[float] = None) -> torch.Tensor:
     """σ_ADC [n_target] per target readout (see the module docstring).  ``seed`` + replica index seed the noise."""
     if n_replicas < 2:

@@ -16,6 +16,7 @@ from calibration.losses import HitsLoss
 from calibration.paramsets import ParamSet
 from calibration.toy import ToyForward, make_toy_tracks
 from calibration.uncertainty import autograd_hessian, covariance_from_hessian, fd_hessian
+from helpers import check_fit_plots
 
 TARGET = {"Ab": 0.84, "vdrift": 0.15}
 
@@ -164,8 +165,7 @@ def test_cli_result_and_resume(tmp_path):
     assert set(res) >= {"params", "iterations", "final_loss", "correlation", "wall_time_s"}
     assert set(res["params"]["Ab"]) >= {"initial", "target", "fitted", "sigma"}
     assert res["iterations"] == 20 and len(res["correlation"]) == 2
-    for png in ("convergence.png", "loss.png", "correlation.png"):
-        assert (tmp_path / "a" / "plots" / png).stat().st_size > 1000
+    check_fit_plots(tmp_path / "a", tmp_path / "redrawn")
     assert _cli(tmp_path / "b", "--stop-after", "9") == 3
     assert _cli(tmp_path / "b", "--resume") == 0
     res_b = json.loads((tmp_path / "b" / "result.json").read_text())
@@ -180,6 +180,7 @@ def test_cli_param_file_and_errors(tmp_path, capsys):
                  "--no-plots", "--no-hessian", "--history-format", "hdf5"]) == 0
     res = json.loads((tmp_path / "o" / "result.json").read_text())
     assert res["link_vdrift_efield"] and res["params"]["eField"]["target"] == 0.52 and res["correlation"] is None
+    assert res["params"]["Ab"]["lr"] == 0.02 and res["params"]["eField"]["lr"] == 0.02      # the file's rates
     assert main(["fit", "--forward", "toy", "--params", "Ab", "--out", str(tmp_path / "x")]) == 2   # no target given
     assert "choose targets" in capsys.readouterr().err
 

@@ -37,10 +37,23 @@ def test_toy_scan_minimum_at_target(tmp_path):
         losses = np.asarray(scan["losses"][name])
         assert values[np.argmin(losses)] == pytest.approx(0.83, abs=0.006)
         assert scan["smoothness"][name]["n_local_minima"] == 1
-    plot_scan(scan, tmp_path / "scan.png")
-    assert (tmp_path / "scan.png").stat().st_size > 1000
+    fig = plot_scan(scan, tmp_path / "scan.png")
+    (ax,) = fig.axes
+    curves = [line for line in ax.lines if line.get_label() in scan["losses"]]
+    assert [line.get_label() for line in curves] == list(scan["losses"])
+    for line in curves:                                   # each loss mapped to [0, 1]: (L − min) / (max − min)
+        losses = np.asarray(scan["losses"][line.get_label()])
+        np.testing.assert_allclose(line.get_xdata(), values, rtol=1e-15)
+        np.testing.assert_allclose(line.get_ydata(), (losses - losses.min()) / (losses.max() - losses.min()),
+                                   rtol=1e-12, atol=1e-15)
+    (target_line,) = [line for line in ax.lines if line.get_label() == "target"]
+    assert list(target_line.get_xdata()) == [0.83, 0.83]
+    assert ax.get_xlabel() == "Ab"
+    # redrawn from scan.json: the same picture
+    import matplotlib.image as mpimg
     (tmp_path / "scan.json").write_text(json.dumps({"scans": [scan]}))
-    assert len(plot_scans_from_json(tmp_path / "scan.json", tmp_path / "re")) == 1
+    (png,) = plot_scans_from_json(tmp_path / "scan.json", tmp_path / "re")
+    np.testing.assert_array_equal(mpimg.imread(png), mpimg.imread(tmp_path / "scan.png"))
 
 
 def test_cli_scan_toy(tmp_path):
@@ -51,4 +64,8 @@ def test_cli_scan_toy(tmp_path):
     data = json.loads((tmp_path / "scan.json").read_text())
     assert [s["param"] for s in data["scans"]] == ["Ab", "kb"]
     assert set(data["scans"][0]["losses"]) == {"mse", "space_match:temperature=0.1"}
-    assert (tmp_path / "scan_kb.png").exists()
+    # the PNGs are the curves of scan.json (whose drawing test_toy_scan_minimum_at_target checks), pixel for pixel
+    import matplotlib.image as mpimg
+    for png in plot_scans_from_json(tmp_path / "scan.json", tmp_path / "redrawn"):
+        name = png.rsplit("/", 1)[-1]
+        np.testing.assert_array_equal(mpimg.imread(png), mpimg.imread(tmp_path / name))

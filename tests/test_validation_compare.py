@@ -10,6 +10,7 @@ from validation.__main__ import main
 from validation.compare import Tolerances, compare_tables, match_hits
 from validation.readers import HitTable, write_sparsetpc_hits
 from validation.run_reference import shared_data_dir
+from helpers import check_comparison_plots
 
 SHARED = shared_data_dir()
 REASON = "shared data not found (set SPARSETPC_SHARED_DATA or place it at <repo>/../shared/data)"
@@ -90,7 +91,7 @@ def test_cli_exit_codes_json_and_plots(tmp_path, capsys):
     assert summary["matched"] == 4
     pngs = sorted(p.name for p in (tmp_path / "plots").iterdir())
     assert pngs == ["event_0.png", "event_2.png", "residuals.png"]
-    assert all((tmp_path / "plots" / p).stat().st_size > 1000 for p in pngs)
+    check_comparison_plots(tmp_path / "ref.h5", tmp_path / "same.h5", tmp_path / "plots", tmp_path / "redrawn")
     assert main(["compare", str(tmp_path / "ref.h5"), str(tmp_path / "off.h5")]) == 1
     assert main(["compare", str(tmp_path / "ref.h5"), str(tmp_path / "off.h5"), "--tolerance-adc", "1.0"]) == 0
     (tmp_path / "bad.h5").write_text("garbage")

@@ -7,6 +7,7 @@ import pytest
 from sparsetpc.segments import SEGMENT_DTYPE
 from validation.__main__ import main
 from validation.run_reference import find_cases, segment_rows, shared_data_dir, simulator_available
+from helpers import check_comparison_plots
 
 SHARED = shared_data_dir()
 REASON = "shared data not found (set SPARSETPC_SHARED_DATA or place it at <repo>/../shared/data)"
@@ -59,7 +60,9 @@ def test_run_reference_hard_test_segment(tmp_path):
     for key in ("matched", "ref_only", "ours_only", "mean_abs_dadc", "max_abs_dadc", "mean_abs_dt", "charge_ratio"):
         assert key in s
     assert (tmp_path / "test_segment_nd_njit_hits.h5").exists()
-    assert (tmp_path / "test_segment_nd_njit" / "residuals.png").exists()
+    check_comparison_plots(SHARED / "reference" / "original" / "test_segment_nd_njit.npz",
+                           tmp_path / "test_segment_nd_njit_hits.h5", tmp_path / "test_segment_nd_njit",
+                           tmp_path / "redrawn")
     assert json.loads((tmp_path / "summary.json").read_text())[0]["case"] == "test_segment_nd_njit"
     assert (s["ref_only"], s["ours_only"]) == (0, 0)
     # Same readouts, same crossing ticks to within a tick; ADC within the ±1-count scatter that larnd-sim's own

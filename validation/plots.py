@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Optional
 
 from .readers import HitTable
 
@@ -21,8 +21,10 @@ def _save(fig, path: Path) -> None:
         fig.savefig(tmp, dpi=110, format="png")
 
 
-def plot_comparison(ref: HitTable, ours: HitTable, summary: dict, out_dir, max_events: int = 5) -> List[str]:
-    """Write ``event_<id>.png`` (up to ``max_events`` events) and ``residuals.png``; return the paths."""
+def plot_comparison(ref: HitTable, ours: HitTable, summary: dict, out_dir, max_events: int = 5,
+                    figures: Optional[Dict[str, object]] = None) -> List[str]:
+    """Write ``event_<id>.png`` (up to ``max_events`` events) and ``residuals.png``; return the paths.
+    ``figures``: when given, receives each matplotlib Figure under its path (for checks of what is drawn)."""
     plt = _pyplot()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -47,6 +49,8 @@ def plot_comparison(ref: HitTable, ours: HitTable, summary: dict, out_dir, max_e
         _save(fig, path)
         plt.close(fig)
         written.append(str(path))
+        if figures is not None:
+            figures[str(path)] = fig
     dadc = ours.hits["adc"][match.ours_index] - ref.hits["adc"][match.ref_index]
     dt = ours.hits["t"][match.ours_index] - ref.hits["t"][match.ref_index]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -62,4 +66,6 @@ def plot_comparison(ref: HitTable, ours: HitTable, summary: dict, out_dir, max_e
     _save(fig, path)
     plt.close(fig)
     written.append(str(path))
+    if figures is not None:
+        figures[str(path)] = fig
     return written

@@ -97,8 +97,8 @@ def read_hits(path, *, layout: Optional[PixelLayout] = None, borders: Optional[n
               raw_time: bool = False, allow_empty: bool = False) -> HitTable:
     """Read ``path`` (any supported format) into a :class:`HitTable`.
 
-    ``layout``: pixel layout (default: generated 2.2.16 geometry; packets files need one with wiring, i.e.
-    ``PixelLayout.from_yaml``).  ``borders``: plane borders for pixel centres (default module 0).
+    ``layout``: pixel layout (default: ``PixelLayout.default()``, the 2.2.16 geometry with its built-in wiring;
+    packets files need a layout with the chip/channel wiring).  ``borders``: plane borders for pixel centres (default module 0).
     Raises :class:`InputFormatError` naming the file and problem (missing datasets, empty, mismatched layout).
     """
     kind = detect_format(path)

@@ -46,6 +46,19 @@ def hit_cloud(hits, columns: Sequence[str] = COLUMNS, mask: Optional[torch.Tenso
     return cloud if mask is None else cloud[mask]
 
 
+def _likely(hits, threshold: float = 0.5):
+    """``hits.likely(threshold)`` (the readouts more probable than ``threshold``), keeping a per-readout
+    ``adc_sigma`` (set by ``calibration.readout_sigma.with_readout_sigma``) on the readouts kept."""
+    if not hasattr(hits, "likely"):
+        return hits
+    out = hits.likely(threshold)
+    sigma = getattr(hits, "adc_sigma", None)
+    if sigma is not None and out is not hits:
+        weight = getattr(hits, "weight", None)
+        out.adc_sigma = sigma if weight is None else sigma[weight.detach() >= threshold]
+    return out
+
+
 class HitsLoss:
     """Callable ``loss(guess, target, n_units=None) -> scalar``: mean over events of the per-event loss.
 
@@ -102,8 +115,7 @@ class HitsLoss:
             return self._likelihood(guess, target, n_units)
         # point-cloud losses take each readout as certain: relaxed readouts (weight = probability) enter when
         # more likely than not
-        guess = guess.likely() if hasattr(guess, "likely") else guess
-        target = target.likely() if hasattr(target, "likely") else target
+        guess, target = _likely(guess), _likely(target)
         if self.name == "chi2":
             return self._chi2(guess, target, n_units)
         events = torch.unique(torch.cat([guess.event.reshape(-1), target.event.reshape(-1)]).cpu())
