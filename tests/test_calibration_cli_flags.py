@@ -224,16 +224,35 @@ def test_loss_scales_and_loss_opt_are_recorded_and_scale_the_loss(tmp_path, caps
 
 
 def test_errordef_scales_sigma_by_the_square_root(tmp_path, capsys):
-    """cov = 2·up·H⁻¹: the same Hessian with up = 0.5 gives sigma / √2."""
+    """cov = 2·up·H⁻¹: the same Hessian with up = 0.5 gives sigma / √2.  The CLI passes --errordef to the fitter;
+    sigma itself is reported for statistical losses only, so the scaling is checked on the fitter with the toy's
+    loss declared statistical (a χ²-like sum over units)."""
     args = ["fit", "--forward", "toy", "--no-progress", "--no-plots", "--params", "Ab", "kb", "--target-values",
             "Ab=0.82", "--no-noise", "--iterations", "0"]
     one = fit(capsys, tmp_path / "up1", *args)
     half = fit(capsys, tmp_path / "up05", *args, "--errordef", "0.5")
     assert half["hessian_internal"] == one["hessian_internal"]
+    assert half["config"]["errordef_up"] == 0.5 and one["config"]["errordef_up"] is None
+    assert "up = 0.5" in half["uncertainty_convention"] and "up = 1.0" in one["uncertainty_convention"]
+    for name in ("Ab", "kb"):                                   # mse: not a likelihood, no sigma
+        assert one["params"][name]["sigma"] is None and half["params"][name]["sigma"] is None
+    from calibration.batching import row_batches
+    from calibration.fitter import FitConfig, Fitter
+    from calibration.paramsets import ParamSet
+    from calibration.toy import ToyForward, make_toy_tracks
+    results = {}
+    for up in (1.0, 0.5):
+        loss = HitsLoss("mse")
+        loss.statistical = True
+        fitter = Fitter(ParamSet.from_names(["Ab", "kb"]), ToyForward(waveforms=True), loss,
+                        row_batches(make_toy_tracks(4, seed=1), 2),
+                        FitConfig(iterations=0, progress=False, plots=False, errordef_up=up),
+                        target_values={"Ab": 0.82, "kb": 0.0486})
+        results[up] = fitter.run()
     for name in ("Ab", "kb"):
-        assert one["params"][name]["sigma"] > 0
-        assert half["params"][name]["sigma"] == pytest.approx(one["params"][name]["sigma"] / math.sqrt(2), rel=1e-12)
-    assert "up = 0.5" in half["uncertainty_convention"]
+        assert results[1.0]["params"][name]["sigma"] > 0
+        assert results[0.5]["params"][name]["sigma"] == pytest.approx(results[1.0]["params"][name]["sigma"] / math.sqrt(2),
+                                                                       rel=1e-12)
 
 
 def test_hessian_step_is_the_central_difference_step(tmp_path, capsys):

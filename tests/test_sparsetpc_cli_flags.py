@@ -255,3 +255,11 @@ def test_example_events_tracks_and_seed(tmp_path):
     default = segments("d.h5")
     assert len(np.unique(default["eventID"])) == 3                 # documented defaults: 3 events x 3 tracks
     assert len(np.unique(default[["eventID", "trackID"]])) == 9
+
+
+def test_event_noise_seeds_do_not_collide_across_seeds():
+    """Each (seed, event) has its own noise stream: --seed 0's event 1 is not --seed 1's event 0."""
+    from sparsetpc.cli.main import event_seed
+    seeds = {event_seed(seed, event) for seed in range(20) for event in range(20)}
+    assert len(seeds) == 400
+    assert event_seed(3, 7) == event_seed(3, 7) and 0 <= event_seed(3, -1) < 2 ** 63

@@ -123,7 +123,7 @@ def _simulate(args) -> int:
                 warnings.simplefilter("always")
                 try:
                     hits = st.simulate(subset, detector, params, mode=args.mode, memory_budget=args.memory_budget,
-                                       noise=args.noise, seed=args.seed + event)
+                                       noise=args.noise, seed=event_seed(args.seed, event))
                 except SparseTPCError as error:
                     if args.strict:
                         raise type(error)(f"event {event}: {error} (--strict: stopped, nothing written)") from error
@@ -184,3 +184,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return stop.code if isinstance(stop.code, int) else EXIT_ERROR
     body = _simulate if args.command == "simulate" else _example
     return run_guarded(PROG, lambda: body(args), debug=args.debug)
+
+
+def event_seed(seed: int, event: int) -> int:
+    """The noise seed of one event: a hash of (seed, event), so that no two (seed, event) pairs share a noise
+    stream (seed + event did: --seed 0's event 1 drew what --seed 1's event 0 drew)."""
+    import numpy as np
+    return int(np.random.SeedSequence([int(seed), int(event) & 0xFFFFFFFF, int(event) >> 32 & 0x7FFFFFFF])
+               .generate_state(1, dtype=np.uint64)[0] & 0x7FFFFFFFFFFFFFFF)
