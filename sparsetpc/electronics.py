@@ -198,7 +198,8 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
     outputs = torch.stack([stored_column.sum(dim=1), stored_value.sum(dim=(1, 2)),
                            (stored_column * columns_f).sum(dim=1), (stored_column * end_f[rows]).sum(dim=1),
                            failed_column.sum(dim=1), (failed_column * end_f[rows]).sum(dim=1),
-                           stored_square.sum(dim=(1, 2)), (stored_column * columns_f * columns_f).sum(dim=1)])  # [8, 2U]
+                           stored_square.sum(dim=(1, 2)), (stored_column * columns_f * columns_f).sum(dim=1),
+                           (stored_value.sum(dim=2) * columns_f).sum(dim=1)])                     # [9, 2U]
     mixed = outputs[:, :n_pixels] * (1.0 - fraction) + outputs[:, n_pixels:] * fraction
     return tuple(mixed)
 
@@ -228,7 +229,8 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
 
     Returns ``adc`` [U, R], ``crossing`` [U, R] (column, float), ``valid`` [U, R] (weight ≥ min_weight),
     ``weight`` [U, R]; with ``moments`` also the variances of hard mode's ADC (including the rounding's 1/12)
-    and crossing column given that the readout exists, ``adc_variance`` and ``crossing_variance`` [U, R]
+    and crossing column given that the readout exists, and their covariance (a high reset baseline both raises the
+    read value and triggers earlier: correlations down to −0.7), ``adc_variance``, ``crossing_variance``, ``adc_crossing_covariance`` [U, R]
     (from the same first-passage sums: E[v²] with the read noise, E[c²]; the spread of the start position
     is not included).
     """
@@ -253,7 +255,7 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     tiny = torch.finfo(dtype).tiny
     position = charge.new_zeros(n_pixels)
     chain = charge.new_ones(n_pixels)
-    adcs, crossings, weights, adc_variances, crossing_variances = [], [], [], [], []
+    adcs, crossings, weights, adc_variances, crossing_variances, covariances = [], [], [], [], [], []
     adc_per_electron = front_end.gain * front_end.adc_counts / (front_end.v_ref - front_end.v_cm)
     for _ in range(front_end.max_readouts):
         start = position
@@ -265,8 +267,9 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
         sum_end = charge.new_zeros(n_pixels)
         sum_square = charge.new_zeros(n_pixels)
         sum_crossing_square = charge.new_zeros(n_pixels)
+        sum_value_crossing = charge.new_zeros(n_pixels)
         for _attempt in range(front_end.max_attempts):
-            p_pass, v_pass, c_pass, e_pass, p_fail, e_fail, v2_pass, c2_pass = _walk_attempt(
+            p_pass, v_pass, c_pass, e_pass, p_fail, e_fail, v2_pass, c2_pass, vc_pass = _walk_attempt(
                 start, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
                 nodes, node_weights, horizon_exposure, last)
             probability = probability + reach * p_pass
@@ -275,6 +278,7 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
             sum_end = sum_end + reach * e_pass
             sum_square = sum_square + reach * v2_pass
             sum_crossing_square = sum_crossing_square + reach * c2_pass
+            sum_value_crossing = sum_value_crossing + reach * vc_pass
             # a row walks on while its next attempt is at least min_weight probable (decided per row, so the
             # result does not depend on which rows share the group)
             reach = reach * p_fail
@@ -294,10 +298,12 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
             value_variance = torch.clamp(sum_square / safe - mean_value * mean_value, min=0.0)
             adc_variances.append(value_variance * adc_per_electron ** 2 + 1.0 / 12.0)
             crossing_variances.append(torch.clamp(sum_crossing_square / safe - mean_crossing * mean_crossing, min=0.0))
+            covariances.append((sum_value_crossing / safe - mean_value * mean_crossing) * adc_per_electron)
         position = sum_end / safe + 1.0 + front_end.dead_ticks + 1.0
         if not bool((chain.detach() >= front_end.min_weight).any()):
             for _ in range(front_end.max_readouts - len(adcs)):
-                for column_list in (adcs, crossings, weights) + ((adc_variances, crossing_variances) if moments else ()):
+                for column_list in (adcs, crossings, weights) + ((adc_variances, crossing_variances, covariances)
+                                                                 if moments else ()):
                     column_list.append(torch.zeros_like(chain))
             break
     weight = torch.stack(weights, 1)
@@ -308,7 +314,8 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     if not moments:
         return adc, crossing, valid, weight
     return (adc, crossing, valid, weight, torch.where(valid, torch.stack(adc_variances, 1), zero),
-            torch.where(valid, torch.stack(crossing_variances, 1), zero))
+            torch.where(valid, torch.stack(crossing_variances, 1), zero),
+            torch.where(valid, torch.stack(covariances, 1), zero))
 
 
 @torch.no_grad()

@@ -39,7 +39,7 @@ def check_finite_readouts(table: np.ndarray, source: str, consequence: str) -> N
 #: Fields of :class:`Hits` with one entry per readout.
 PER_READOUT = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
 #: Optional per-readout fields (None when absent).
-OPTIONAL = ("weight", "adc_variance", "t_variance")
+OPTIONAL = ("weight", "adc_variance", "t_variance", "adc_t_covariance")
 
 
 @dataclass
@@ -69,6 +69,7 @@ class Hits:
     weight: Optional[torch.Tensor] = None  # probability that each readout exists (relaxed mode); None = all 1
     adc_variance: Optional[torch.Tensor] = None  # relaxed mode: variance of hard mode's ADC [ADC²] given the readout
     t_variance: Optional[torch.Tensor] = None    # relaxed mode: variance of its crossing time [µs²]
+    adc_t_covariance: Optional[torch.Tensor] = None  # relaxed mode: covariance of ADC and time [ADC·µs]
 
     def __len__(self) -> int:
         return int(self.adc.shape[0])
@@ -92,7 +93,7 @@ class Hits:
         weight = None
         if any(h.weight is not None for h in parts):
             weight = torch.cat([torch.ones_like(h.adc) if h.weight is None else h.weight for h in parts])
-        for name in ("adc_variance", "t_variance"):
+        for name in ("adc_variance", "t_variance", "adc_t_covariance"):
             # kept only when every part has them (relaxed mode)
             merged[name] = None if any(getattr(h, name) is None for h in parts) else \
                 torch.cat([getattr(h, name) for h in parts])

@@ -103,7 +103,7 @@ def _relaxed_group(buffer, plan, rows, front_end, horizon):
 def _reference_group(buffer, plan, rows, front_end, draws):
     adc, crossing, valid = reference_readout(_group_waveforms(buffer, plan, rows), front_end, draws)
     zero = torch.zeros_like(adc)
-    return adc, crossing, valid, valid.to(adc.dtype), zero, zero
+    return adc, crossing, valid, valid.to(adc.dtype), zero, zero, zero
 
 
 def simulate(segments: Segments, detector: Optional[Detector] = None, params: Optional[Params] = None, *,
@@ -190,11 +190,13 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         state = SegmentState(start=segments.start, end=segments.end, n_electrons=electrons,
                              t_start=segments.t_start, t_end=segments.t_end, z_anode=drifted.z_anode,
                              time_shift=time_shift + phase, first_tick=first_tick)
-        phase_buffer, phase_plan, adc, crossing, valid, weight, adc_variance, crossing_variance = _phase_readouts(
+        (phase_buffer, phase_plan, adc, crossing, valid, weight, adc_variance, crossing_variance,
+         crossing_covariance) = _phase_readouts(
             pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise, generator,
             max_elements, checkpoint, backend, progress)
         time = (phase_plan.pixel_start.to(dtype)[:, None] + crossing) * detector.tick + phase
         time_variance = crossing_variance * detector.tick ** 2
+        covariance = crossing_covariance * detector.tick
         if phase_index == 0:
             buffer, plan = phase_buffer, phase_plan
         if phases == 1:
@@ -202,7 +204,7 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         # a readout below min_weight in one phase is absent there: it adds nothing to the mixture
         weight = torch.where(valid, weight, torch.zeros_like(weight))
         terms = (weight, weight * adc, weight * time, weight * (adc_variance + adc * adc),
-                 weight * (time_variance + time * time))
+                 weight * (time_variance + time * time), weight * (covariance + adc * time))
         sums = terms if sums is None else tuple(x + y for x, y in zip(sums, terms))
     if phases > 1:
         # the mixture over phases: its mean, and its variance (E[x²] − mean², the phases' spread included)
@@ -214,6 +216,7 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         time = torch.where(valid, sums[2] / safe, zero)
         adc_variance = torch.where(valid, torch.clamp(sums[3] / safe - adc * adc, min=0.0), zero)
         time_variance = torch.where(valid, torch.clamp(sums[4] / safe - time * time, min=0.0), zero)
+        covariance = torch.where(valid, sums[5] / safe - adc * time, zero)
 
     # hits, sorted by pixel then readout slot
     pixel_rows, slots = torch.nonzero(valid, as_tuple=True)
@@ -229,6 +232,7 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     if mode == "relaxed":
         hits.adc_variance = adc_variance[pixel_rows, slots]
         hits.t_variance = time_variance[pixel_rows, slots]
+        hits.adc_t_covariance = covariance[pixel_rows, slots]
     if return_waveforms:
         hits.waveforms = to_waveforms(buffer, plan, pixel_table)
     return hits
@@ -237,8 +241,8 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
 def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise,
                     generator, max_elements, checkpoint, backend, progress):
     """Induction and electronics on one sampling grid (``state.time_shift``): (buffer, plan, adc, crossing,
-    valid, weight, adc_variance, crossing_variance), the last six [U, R], the crossing in columns of each pixel's
-    window (variances: relaxed mode only, else 0)."""
+    valid, weight, adc_variance, crossing_variance, adc_crossing_covariance), the last seven [U, R], the crossing
+    in columns of each pixel's window (moments: relaxed mode only, else 0)."""
     device = state.start.device
     bar = None
     callback = None
@@ -259,6 +263,7 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
     weight = buffer.new_zeros((n_pixels, readouts))
     adc_variance = buffer.new_zeros((n_pixels, readouts))
     crossing_variance = buffer.new_zeros((n_pixels, readouts))
+    covariance = buffer.new_zeros((n_pixels, readouts))
     horizon = pixel_horizon(plan, pairs, state, params, detector, options) if (mode == "relaxed" and n_pixels) else None
     if n_pixels:
         # the relaxed front end holds [rows, width, quadrature nodes] temporaries
@@ -269,24 +274,25 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
             if mode == "hard":
                 a, c, v = hard_readout(_group_waveforms(buffer.detach(), plan, rows), front_end, noise, generator)
                 w = v.to(buffer.dtype)
-                va = vc = torch.zeros_like(a)
+                va = vc = cv = torch.zeros_like(a)
             elif mode == "relaxed":
                 if use_checkpoint:
-                    a, c, v, w, va, vc = torch.utils.checkpoint.checkpoint(_relaxed_group, buffer, plan, rows,
-                                                                           front_end, horizon, use_reentrant=False)
+                    a, c, v, w, va, vc, cv = torch.utils.checkpoint.checkpoint(_relaxed_group, buffer, plan, rows,
+                                                                               front_end, horizon, use_reentrant=False)
                 else:
-                    a, c, v, w, va, vc = _relaxed_group(buffer, plan, rows, front_end, horizon)
+                    a, c, v, w, va, vc, cv = _relaxed_group(buffer, plan, rows, front_end, horizon)
             else:
                 draws = draw_readout_noise(len(rows), front_end, buffer, generator) if noise else None
                 if use_checkpoint:
-                    a, c, v, w, va, vc = torch.utils.checkpoint.checkpoint(_reference_group, buffer, plan, rows,
-                                                                           front_end, draws, use_reentrant=False)
+                    a, c, v, w, va, vc, cv = torch.utils.checkpoint.checkpoint(_reference_group, buffer, plan, rows,
+                                                                               front_end, draws, use_reentrant=False)
                 else:
-                    a, c, v, w, va, vc = _reference_group(buffer, plan, rows, front_end, draws)
+                    a, c, v, w, va, vc, cv = _reference_group(buffer, plan, rows, front_end, draws)
             adc = adc.index_copy(0, rows, a)
             crossing = crossing.index_copy(0, rows, c)
             valid = valid.index_copy(0, rows, v)
             weight = weight.index_copy(0, rows, w)
             adc_variance = adc_variance.index_copy(0, rows, va)
             crossing_variance = crossing_variance.index_copy(0, rows, vc)
-    return buffer, plan, adc, crossing, valid, weight, adc_variance, crossing_variance
+            covariance = covariance.index_copy(0, rows, cv)
+    return buffer, plan, adc, crossing, valid, weight, adc_variance, crossing_variance, covariance

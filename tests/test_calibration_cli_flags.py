@@ -494,7 +494,7 @@ def test_layout_is_the_one_that_decodes_a_packets_target(sim_input, tmp_path, ca
         "tile_positions": {int(i): [float(v) for v in p] for i, p in zip(lay.tile_ids, lay.tile_positions)},
         "tile_orientations": {int(i): [int(v) for v in o] for i, o in zip(lay.tile_ids, lay.tile_orientations)}}))
     args = ["fit", "--no-progress", "--no-plots", "--no-hessian", "--params", "Ab", "--iterations", "0",
-            "--input", path, "--target-file", tmp_path / "target.h5", "--mode", "hard", "--no-noise"]
+            "--input", path, "--target-file", tmp_path / "target.h5", "--mode", "hard", "--no-noise", "--loss", "chamfer"]
     code, err = run(capsys, tmp_path / "o", *args, "--layout", geometry)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "wiring" in err, err
 

@@ -7,10 +7,11 @@ which the target holds n readouts (slots 0..n−1, in time order), the likelihoo
 
     P(N = n) · Π_{s<n} p_s(adc_s, t_s),      P(N = n) = w_{n−1} − w_n   (w_{−1} = 1, w_s = 0 past the last slot)
 
-with the readout density a Gaussian in (ADC, t) and an outlier component (a slot whose readout is far from
+with the readout density a 2-D Gaussian in (ADC, t) with the model's covariance Σ_s (variances and the ADC–time
+covariance: a high reset baseline both raises the read value and triggers earlier) and an outlier component (a slot whose readout is far from
 the model's, e.g. after a noise-shifted slot, or a slot the model thinks improbable):
 
-    p_s(x) = (w_s · N(adc; μ_a, σ_a²) · N(t; μ_t, σ_t²) + η · B) / (w_s + η),
+    p_s(x) = (w_s · N₂((adc, t); (μ_a, μ_t), Σ_s) + η · B) / (w_s + η),
     B = exp(−χ²_out / 2) / (2π σ_a0 σ_t0)       (σ_a0 the noise model's σ_ADC, σ_t0 one tick)
 
 so that a readout further than χ²_out from the model costs what a χ² = χ²_out readout costs, and a slot
@@ -47,12 +48,14 @@ def _rows(keys: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
 def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: torch.Tensor, adc: torch.Tensor,
                 time: torch.Tensor, adc_variance: torch.Tensor, time_variance: torch.Tensor,
                 pixel_target: torch.Tensor, slot_target: torch.Tensor, adc_target: torch.Tensor,
-                time_target: torch.Tensor, *, n_slots: int = 10, outlier_chi2: float = OUTLIER_CHI2,
+                time_target: torch.Tensor, adc_time_covariance: Optional[torch.Tensor] = None, *, n_slots: int = 10, outlier_chi2: float = OUTLIER_CHI2,
                 outlier_weight: float = OUTLIER_WEIGHT, count_floor: float = COUNT_FLOOR,
                 sigma_adc0: Optional[float] = None, sigma_time0: float = 0.1,
                 time_variance_floor: float = 0.1 ** 2 / 12.0) -> Tuple[torch.Tensor, Dict[str, float]]:
     """(−log L, summary) for guess readouts (pixel keys [Ng, K], slot [Ng], weight, adc, time, variances [Ng])
     and target readouts (pixel keys [Nt, K], slot [Nt], adc, time [Nt]).  See the module docstring.
+    ``adc_time_covariance`` [Ng] (optional): the covariance of each guess readout's ADC and time; the readout
+    density is then the correlated 2-D Gaussian (|correlation| capped at 0.99).
     ``time_variance_floor`` [µs²] is added to the model's time variance (a tick's quantisation, 0.1²/12: the model
     is not exact to better than that, and a crossing certain to one tick would otherwise have zero width)."""
     dtype, device = adc.dtype, adc.device
@@ -89,8 +92,17 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
         w = torch.where(present, pick(weight), torch.zeros_like(adc_target, dtype=dtype))
         var_a = torch.where(present, pick(adc_variance), torch.ones_like(w))
         var_t = torch.where(present, pick(time_variance) + time_variance_floor, torch.ones_like(w))
-        chi2 = (adc_target.to(dtype) - pick(adc)) ** 2 / var_a + (time_target.to(dtype) - pick(time)) ** 2 / var_t
-        log_gauss = -0.5 * chi2 - 0.5 * torch.log(var_a * var_t) - math.log(2.0 * math.pi)
+        da = adc_target.to(dtype) - pick(adc)
+        dt = time_target.to(dtype) - pick(time)
+        if adc_time_covariance is None:
+            covariance = torch.zeros_like(var_a)
+        else:
+            limit = 0.99 * torch.sqrt(var_a * var_t)
+            covariance = torch.where(present, torch.maximum(torch.minimum(pick(adc_time_covariance), limit), -limit),
+                                     torch.zeros_like(var_a))
+        determinant = var_a * var_t - covariance * covariance
+        chi2 = (var_t * da * da - 2.0 * covariance * da * dt + var_a * dt * dt) / determinant
+        log_gauss = -0.5 * chi2 - 0.5 * torch.log(determinant) - math.log(2.0 * math.pi)
         log_w = torch.log(torch.clamp(w, min=torch.finfo(dtype).tiny))
         mixed = torch.logaddexp(log_w + log_gauss, torch.full_like(w, log_outlier))
         log_p = mixed - torch.log(w + outlier_weight)
