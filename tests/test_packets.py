@@ -203,22 +203,24 @@ def test_round_trip_several_events(layout, tmp_path):
 
 
 @needs_shared
-def test_written_timestamps_are_the_tick_each_time_falls_in(layout, tmp_path):
-    """Hits between clock ticks (relaxed times are continuous): each data packet's timestamp is
-    event x 6000 + the tick the time falls in (integer ticks k plus a fraction 0.01..0.99 of a tick -> k), and
-    the reader gives back k x 0.1 µs."""
+def test_written_timestamp_and_dataword_are_floors(layout, tmp_path):
+    """Hits between clock ticks and between ADC counts (relaxed times and ADCs are continuous): each data packet's
+    timestamp is event x 6000 + the tick the time falls in (integer ticks k plus 0.01..0.99 of a tick -> k) and its
+    dataword the ADC count below (larnd-sim's int(adc): n + 0.01..0.99 -> n); the reader gives back k x 0.1 µs."""
     hits = synthetic_hits(layout)
     rng = np.random.default_rng(7)
     ticks = rng.integers(0, 5000, len(hits))
+    counts = rng.integers(75, 255, len(hits))
     hits["t"] = (ticks + rng.uniform(0.01, 0.99, len(hits))) * 0.1
+    hits["adc"] = counts + rng.uniform(0.01, 0.99, len(hits))
     out = tmp_path / "frac.h5"
     write_packets(out, hits, layout)
     with h5py.File(out, "r") as f:
         p = f["packets"][()]
     data = p[p["packet_type"] == 0]
-    # match packets to hits by (event, channel, dataword): the synthetic ADCs and channels identify each hit
+    # packets matched to hits as multisets of (timestamp, channel, dataword)
     g, c, chip, ch = layout.pixel_to_channel(hits["pixel_plane"], hits["pixel_ix"], hits["pixel_iy"])
-    expected = sorted(zip(hits["event_id"] * 6000 + ticks, g, c, chip, ch, np.floor(hits["adc"]).astype(int)))
+    expected = sorted(zip(hits["event_id"] * 6000 + ticks, g, c, chip, ch, counts))
     got = sorted(zip(data["timestamp"].astype(np.int64), data["io_group"], data["io_channel"], data["chip_id"],
                      data["channel_id"], data["dataword"].astype(int)))
     assert [tuple(map(int, e)) for e in expected] == [tuple(map(int, x)) for x in got]
