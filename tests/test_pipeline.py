@@ -193,7 +193,8 @@ def test_clock_phase_mixture_equals_time_shifted_single_phase_runs():
             s = sums.setdefault(key, [0.0, 0.0, 0.0, 0.0])
             for i, x in enumerate((w, w * a, w * t, w * (v + t * t))):
                 s[i] += x
-    got = {(tuple(mixed.pixel_table[int(p)].tolist()), int(r)): k for k, (p, r) in enumerate(zip(mixed.pixel, mixed.readout))}
+    got = {(tuple(mixed.pixel_table[int(p)].tolist()), int(r)): k
+           for k, (p, r) in enumerate(zip(mixed.pixel, mixed.readout))}
     assert set(got) <= set(sums)
     for key, s in sums.items():
         if key not in got:                      # absent from the mixture: below min_weight there
