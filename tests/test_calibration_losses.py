@@ -177,3 +177,19 @@ def test_hits_loss_mse_needs_waveforms_and_matches_pure_function():
 def test_unknown_loss_rejected():
     with pytest.raises(ValueError):
         HitsLoss("nope")
+
+
+def test_hits_loss_default_adc_scale_is_the_targets_mean_adc_per_event():
+    """Default scales (x, y: one pitch 0.4434 cm; ADC: mean |ADC| of the *target* hits of each event), hand-computed
+    chamfer values.  Event 0: one guess hit (x = 0.4434, ADC 2) vs one target hit (x = 0, ADC 4): ADC scale 4,
+    d² = 1 + (2/4)² = 1.25 each way -> 2.5.  Event 1: guess ADC 30 vs target ADCs 10, 30 (scale 20): guess -> target
+    0; target -> guess mean(((10 − 30)/20)², 0) = 0.5.  Mean over the two events: 1.5.  With the guess's mean as
+    the scale instead, event 0 gives 2 · (1 + 1) = 4 and event 1 (20/30)²/2 ≈ 0.22."""
+    guess = _hits([0, 1], [0.4434, 0.0], [2.0, 30.0])
+    target = _hits([0, 1, 1], [0.0, 0.0, 0.0], [4.0, 10.0, 30.0])
+    loss = HitsLoss("chamfer")
+    assert loss.scales["adc"] is None
+    assert float(loss(guess, target)) == pytest.approx((2.5 + 0.5) / 2, rel=1e-12)
+    # not symmetric: swapping the roles changes the ADC scale (event 0: 2 · (1 + 1) = 4; event 1, scale 30:
+    # (20/30)²/2 + 0)
+    assert float(loss(target, guess)) == pytest.approx((4.0 + (20 / 30) ** 2 / 2) / 2, rel=1e-12)

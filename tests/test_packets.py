@@ -151,6 +151,15 @@ def test_time_axes_invert():
         clock_ticks([1.0], "bogus")
 
 
+def test_clock_ticks_floor_times_between_ticks():
+    """The clock axis takes a time to the tick it falls in, floor(t / 0.1 µs) (the module docstring), not the
+    nearest one; times a rounding error below a tick still count as that tick."""
+    t = np.array([0.0, 0.04, 0.06, 0.0999, 0.1, 1.26, 1.24, 12.349, 12.351, 599.95])
+    np.testing.assert_array_equal(clock_ticks(t, "clock"), [0, 0, 0, 0, 1, 12, 12, 123, 123, 5999])
+    ic = np.arange(1, 6004)
+    np.testing.assert_array_equal(clock_ticks(ic * 0.1 * (1 - 1e-12), "clock"), ic)
+
+
 def synthetic_hits(layout, n_events=3, seed=1):
     """Random readouts on connected, enabled channels in several events, times on the 0.1 µs grid."""
     rng = np.random.default_rng(seed)
@@ -191,6 +200,33 @@ def test_round_trip_several_events(layout, tmp_path):
     order = np.argsort(pf.packet_index)
     assert len(pf.track_ids) == len(got)
     assert set(map(tuple, pf.track_ids[order].tolist())) == set(map(tuple, track_ids.tolist()))
+
+
+@needs_shared
+def test_written_timestamp_and_dataword_are_floors(layout, tmp_path):
+    """Hits between clock ticks and between ADC counts (relaxed times and ADCs are continuous): each data packet's
+    timestamp is event x 6000 + the tick the time falls in (integer ticks k plus 0.01..0.99 of a tick -> k) and its
+    dataword the ADC count below (larnd-sim's int(adc): n + 0.01..0.99 -> n); the reader gives back k x 0.1 µs."""
+    hits = synthetic_hits(layout)
+    rng = np.random.default_rng(7)
+    ticks = rng.integers(0, 5000, len(hits))
+    counts = rng.integers(75, 255, len(hits))
+    hits["t"] = (ticks + rng.uniform(0.01, 0.99, len(hits))) * 0.1
+    hits["adc"] = counts + rng.uniform(0.01, 0.99, len(hits))
+    out = tmp_path / "frac.h5"
+    write_packets(out, hits, layout)
+    with h5py.File(out, "r") as f:
+        p = f["packets"][()]
+    data = p[p["packet_type"] == 0]
+    # packets matched to hits as multisets of (timestamp, channel, dataword)
+    g, c, chip, ch = layout.pixel_to_channel(hits["pixel_plane"], hits["pixel_ix"], hits["pixel_iy"])
+    expected = sorted(zip(hits["event_id"] * 6000 + ticks, g, c, chip, ch, counts))
+    got = sorted(zip(data["timestamp"].astype(np.int64), data["io_group"], data["io_channel"], data["chip_id"],
+                     data["channel_id"], data["dataword"].astype(int)))
+    assert [tuple(map(int, e)) for e in expected] == [tuple(map(int, x)) for x in got]
+    back = read_packets(out, layout).hits
+    np.testing.assert_allclose(np.sort(back["t"] + 1000 * back["event_id"]),
+                               np.sort(ticks * 0.1 + 1000 * hits["event_id"]), atol=1e-9)
 
 
 @needs_shared

@@ -164,3 +164,45 @@ class TestCLI:
     def test_missing_input_is_a_clear_error(self, tmp_path, capsys):
         assert main(["simulate", str(tmp_path / "none.h5"), "-o", str(tmp_path / "o.h5")]) == 2
         assert "cannot open" in capsys.readouterr().err
+
+
+def test_clock_phase_mixture_equals_time_shifted_single_phase_runs():
+    """Relaxed mode with K clock phases mixes K runs whose sampling grid is shifted by δ_j = j·tick/K.  A grid
+    shifted by +δ sees exactly what the unshifted grid sees of a track created δ earlier, whose readout times
+    are then δ late: t_j = t(segments with t − δ_j, one phase) + δ_j.  The mixture (per pixel and readout slot):
+    weight Σw_j/K, ADC Σw_j·a_j/Σw_j, time Σw_j·t_j/Σw_j, time variance Σw_j(v_j + t_j²)/Σw_j − t²."""
+    import dataclasses
+
+    from sparsetpc.electronics import FrontEnd
+
+    rows = make_rows([(1.0, -20.0, -8.0), (1.6, -19.7, -9.1)], [(1.6, -19.7, -9.1), (2.4, -19.5, -10.5)], dEdx=2.3)
+    segments = st.Segments.from_numpy(rows, swap=False)
+    segments = dataclasses.replace(segments, t_start=segments.t_start + 1.0, t_end=segments.t_end + 1.0)
+    params = st.Params.nominal()
+    K = 3
+    mixed = st.simulate(segments, DET, params, front_end=FrontEnd(tick=DET.tick, clock_phases=K))
+    assert len(mixed) >= 5
+    sums = {}
+    for j in range(K):
+        delta = DET.tick * j / K
+        shifted = dataclasses.replace(segments, t_start=segments.t_start - delta, t_end=segments.t_end - delta)
+        one = st.simulate(shifted, DET, params, front_end=FrontEnd(tick=DET.tick, clock_phases=1))
+        for k in range(len(one)):
+            key = (tuple(one.pixel_table[int(one.pixel[k])].tolist()), int(one.readout[k]))
+            w, a, t, v = (float(one.weight[k]), float(one.adc[k]), float(one.t[k]) + delta, float(one.t_variance[k]))
+            s = sums.setdefault(key, [0.0, 0.0, 0.0, 0.0])
+            for i, x in enumerate((w, w * a, w * t, w * (v + t * t))):
+                s[i] += x
+    got = {(tuple(mixed.pixel_table[int(p)].tolist()), int(r)): k
+           for k, (p, r) in enumerate(zip(mixed.pixel, mixed.readout))}
+    assert set(got) <= set(sums)
+    for key, s in sums.items():
+        if key not in got:                      # absent from the mixture: below min_weight there
+            assert s[0] / K < FrontEnd().min_weight + 1e-12
+            continue
+        k = got[key]
+        time = s[2] / s[0]
+        assert float(mixed.weight[k]) == pytest.approx(s[0] / K, rel=1e-9, abs=1e-12)
+        assert float(mixed.adc[k]) == pytest.approx(s[1] / s[0], rel=1e-9)
+        assert float(mixed.t[k]) == pytest.approx(time, rel=0, abs=1e-9)
+        assert float(mixed.t_variance[k]) == pytest.approx(s[3] / s[0] - time * time, rel=1e-6, abs=1e-9)
