@@ -405,6 +405,10 @@ class Fitter:
 
         losses, restarts = [], 0
         stop = "steps done"
+        bar = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.polish_lbfgs, desc="L-BFGS", unit="step", dynamic_ncols=True, leave=False)
         loss_here, grad_here = full(theta)
         held = ((theta <= lo) & (grad_here > 0)) | ((theta >= hi) & (grad_here < 0))
         opt, x = None, None
@@ -442,6 +446,10 @@ class Fitter:
                            {s.name: float(kwargs["lr"]) for s in ps})
             previous = loss_here
             loss_here, grad_here = full(theta)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({"loss": f"{float(loss_here):.6g}", "evaluations": n_eval[0],
+                                 **{k: f"{v:.4g}" for k, v in ps.physical_values([theta[i] for i in range(theta.numel())]).items()}})
             if not all(math.isfinite(g) for g in grads) or not math.isfinite(float(loss_here)):
                 stop = "non-finite loss or gradient"
                 break
@@ -461,6 +469,8 @@ class Fitter:
             if cfg.polish_max_wall_s is not None and time.perf_counter() - t0 > cfg.polish_max_wall_s:
                 stop = "polish wall time"
                 break
+        if bar is not None:
+            bar.close()
         with torch.no_grad():
             for i, leaf in enumerate(leaves):
                 leaf.copy_(theta[i])

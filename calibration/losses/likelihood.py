@@ -8,13 +8,15 @@ which the target holds n readouts (slots 0..n−1, in time order), the likelihoo
     P(N = n) · Π_{s<n} p_s(adc_s, t_s),      P(N = n) = w_{n−1} − w_n   (w_{−1} = 1, w_s = 0 past the last slot)
 
 with the readout density a 2-D Gaussian in (ADC, t) with the model's covariance Σ_s (variances and the ADC–time
-covariance: a high reset baseline both raises the read value and triggers earlier) and an outlier component (a slot whose readout is far from
-the model's, e.g. after a noise-shifted slot, or a slot the model thinks improbable):
+covariance: a high reset baseline both raises the read value and triggers earlier), given 1 % of its weight in
+a component 30 times wider (heavy tails: far from the truth, where every readout is many σ from the model, the
+likelihood still slopes towards it instead of going flat), and an outlier component (a slot whose readout is
+far from the model's, e.g. after a noise-shifted slot, or a slot the model thinks improbable):
 
-    p_s(x) = (w_s · N₂((adc, t); (μ_a, μ_t), Σ_s) + η · B) / (w_s + η),
-    B = exp(−χ²_out / 2) / (2π σ_a0 σ_t0)       (σ_a0 the noise model's σ_ADC, σ_t0 one tick)
+    p_s(x) = (w_s · [0.99·N₂(x; μ_s, Σ_s) + 0.01·N₂(x; μ_s, 30²Σ_s)] + η · B) / (w_s + η),
+    B = exp(−χ²_out / 2) / (2π σ_a0 σ_t0)       (σ_a0 the noise model's σ_ADC, σ_t0 one tick, χ²_out = 50)
 
-so that a readout further than χ²_out from the model costs what a χ² = χ²_out readout costs, and a slot
+so that a readout beyond the broad component's reach costs a constant, and a slot
 that fades out of the model (w_s → 0) joins the outlier term continuously.  Pixels where either side has
 readouts all count (a pixel the model fires and the target does not: −log(1 − w_0)).  ``count_floor`` is
 added to P(N = n): a target count the model calls impossible costs −log(count_floor), not infinity.
@@ -32,8 +34,11 @@ import torch
 
 from .chi2 import noise_sigma_adc
 
-#: defaults: a readout further than χ² = 25 (5σ) from the model is an outlier; P(N = n) floor
-OUTLIER_CHI2 = 25.0
+#: defaults: the readout density's broad component (weight, width in units of the model's σ), the flat
+#: outlier density's level (the density of a χ² = OUTLIER_CHI2 readout at σ_a0, σ_t0), P(N = n) floor
+BROAD_WEIGHT = 0.01
+BROAD_SCALE = 30.0
+OUTLIER_CHI2 = 50.0
 COUNT_FLOOR = 1e-6
 OUTLIER_WEIGHT = 1.0
 
@@ -48,8 +53,9 @@ def _rows(keys: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
 def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: torch.Tensor, adc: torch.Tensor,
                 time: torch.Tensor, adc_variance: torch.Tensor, time_variance: torch.Tensor,
                 pixel_target: torch.Tensor, slot_target: torch.Tensor, adc_target: torch.Tensor,
-                time_target: torch.Tensor, adc_time_covariance: Optional[torch.Tensor] = None, *, n_slots: int = 10, outlier_chi2: float = OUTLIER_CHI2,
-                outlier_weight: float = OUTLIER_WEIGHT, count_floor: float = COUNT_FLOOR,
+                time_target: torch.Tensor, adc_time_covariance: Optional[torch.Tensor] = None, *, n_slots: int = 10,
+                broad_weight: float = BROAD_WEIGHT, broad_scale: float = BROAD_SCALE, outlier_chi2: float = OUTLIER_CHI2,
+                outlier_weight: float = OUTLIER_WEIGHT, count_floor: float = COUNT_FLOOR, min_weight: float = 1e-9,
                 sigma_adc0: Optional[float] = None, sigma_time0: float = 0.1,
                 time_variance_floor: float = 0.1 ** 2 / 12.0) -> Tuple[torch.Tensor, Dict[str, float]]:
     """(−log L, summary) for guess readouts (pixel keys [Ng, K], slot [Ng], weight, adc, time, variances [Ng])
@@ -89,7 +95,9 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
     value_term = zero
     if n_target and bool(present.any()):
         pick = lambda x: x[index]
-        w = torch.where(present, pick(weight), torch.zeros_like(adc_target, dtype=dtype))
+        # a slot is reported while w ≥ min_weight (FrontEnd.min_weight): w − min_weight reaches 0 where it drops
+        # out, so the density passes into the outlier term continuously however small B is
+        w = torch.where(present, torch.clamp(pick(weight) - min_weight, min=0.0), torch.zeros_like(adc_target, dtype=dtype))
         var_a = torch.where(present, pick(adc_variance), torch.ones_like(w))
         var_t = torch.where(present, pick(time_variance) + time_variance_floor, torch.ones_like(w))
         da = adc_target.to(dtype) - pick(adc)
@@ -102,7 +110,14 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
                                      torch.zeros_like(var_a))
         determinant = var_a * var_t - covariance * covariance
         chi2 = (var_t * da * da - 2.0 * covariance * da * dt + var_a * dt * dt) / determinant
-        log_gauss = -0.5 * chi2 - 0.5 * torch.log(determinant) - math.log(2.0 * math.pi)
+        log_narrow = -0.5 * chi2 - 0.5 * torch.log(determinant) - math.log(2.0 * math.pi)
+        if broad_weight > 0:
+            # the same Gaussian, broad_scale times wider in both axes (determinant × scale⁴)
+            log_broad = (-0.5 * chi2 / broad_scale ** 2 - 0.5 * torch.log(determinant) - 2.0 * math.log(broad_scale)
+                         - math.log(2.0 * math.pi))
+            log_gauss = torch.logaddexp(math.log1p(-broad_weight) + log_narrow, math.log(broad_weight) + log_broad)
+        else:
+            log_gauss = log_narrow
         log_w = torch.log(torch.clamp(w, min=torch.finfo(dtype).tiny))
         mixed = torch.logaddexp(log_w + log_gauss, torch.full_like(w, log_outlier))
         log_p = mixed - torch.log(w + outlier_weight)
