@@ -204,8 +204,47 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
     return tuple(mixed)
 
 
+def _slot_sums(position, chain, walk):
+    """One readout slot of :func:`expected_readout` from the mean start ``position`` [U] (``chain`` [U]: the
+    probability of reaching the slot): its trigger attempts summed, probability-weighted: (probability,
+    Σ value, Σ crossing, Σ end, Σ value², Σ crossing², Σ value·crossing), each [U]."""
+    cumulative, padded, read_charge, columns_f, end_f, front_end, nodes, node_weights, horizon_exposure, last = walk
+    n_pixels = cumulative.shape[0]
+    tiny = torch.finfo(cumulative.dtype).tiny
+    start = position
+    sigma_baseline = float(front_end.reset_noise)
+    reach = cumulative.new_ones(n_pixels)           # probability of making this attempt (given the slot)
+    probability = cumulative.new_zeros(n_pixels)
+    sum_value = cumulative.new_zeros(n_pixels)
+    sum_crossing = cumulative.new_zeros(n_pixels)
+    sum_end = cumulative.new_zeros(n_pixels)
+    sum_square = cumulative.new_zeros(n_pixels)
+    sum_crossing_square = cumulative.new_zeros(n_pixels)
+    sum_value_crossing = cumulative.new_zeros(n_pixels)
+    for _attempt in range(front_end.max_attempts):
+        p_pass, v_pass, c_pass, e_pass, p_fail, e_fail, v2_pass, c2_pass, vc_pass = _walk_attempt(
+            start, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
+            nodes, node_weights, horizon_exposure, last)
+        probability = probability + reach * p_pass
+        sum_value = sum_value + reach * v_pass
+        sum_crossing = sum_crossing + reach * c_pass
+        sum_end = sum_end + reach * e_pass
+        sum_square = sum_square + reach * v2_pass
+        sum_crossing_square = sum_crossing_square + reach * c2_pass
+        sum_value_crossing = sum_value_crossing + reach * vc_pass
+        # a row walks on while its next attempt is at least min_weight probable (decided per row, so the
+        # result does not depend on which rows share the group)
+        reach = reach * p_fail
+        reach = torch.where((chain * reach).detach() >= front_end.min_weight, reach, torch.zeros_like(reach))
+        if not bool((reach.detach() > 0).any()):
+            break
+        start = e_fail / torch.clamp(p_fail, min=tiny) + 1.0 + front_end.dead_ticks
+        sigma_baseline = float(front_end.uncorrelated_noise)
+    return probability, sum_value, sum_crossing, sum_end, sum_square, sum_crossing_square, sum_value_crossing
+
+
 def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optional[torch.Tensor] = None,
-                     row_width: Optional[torch.Tensor] = None, moments: bool = False):
+                     row_width: Optional[torch.Tensor] = None, moments: bool = False, overflow: bool = False):
     """The expectation of :func:`hard_readout` with noise, smooth in ``charge`` [U, W] (e⁻ per tick, column 0 empty).
 
     A walk attempt starts at a continuous position p (0 for the first) with a reset baseline b ~ N(0, σ_b²)
@@ -232,7 +271,8 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     and crossing column given that the readout exists, and their covariance (a high reset baseline both raises the
     read value and triggers earlier: correlations down to −0.7), ``adc_variance``, ``crossing_variance``, ``adc_crossing_covariance`` [U, R]
     (from the same first-passage sums: E[v²] with the read noise, E[c²]; the spread of the start position
-    is not included).
+    is not included).  With ``overflow`` also ``overflow_weight`` [U] (last): the probability that the pixel fires
+    more than ``max_readouts`` readouts (the weight of the slot after the last, which hard mode drops; no gradient).
     """
     n_pixels, width = charge.shape
     dtype = charge.dtype
@@ -257,36 +297,11 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     chain = charge.new_ones(n_pixels)
     adcs, crossings, weights, adc_variances, crossing_variances, covariances = [], [], [], [], [], []
     adc_per_electron = front_end.gain * front_end.adc_counts / (front_end.v_ref - front_end.v_cm)
+    walk = (cumulative, padded, read_charge, columns_f, end_f, front_end, nodes, node_weights, horizon_exposure, last)
+    capped = False
     for _ in range(front_end.max_readouts):
-        start = position
-        sigma_baseline = float(front_end.reset_noise)
-        reach = charge.new_ones(n_pixels)           # probability of making this attempt (given the slot)
-        probability = charge.new_zeros(n_pixels)
-        sum_value = charge.new_zeros(n_pixels)
-        sum_crossing = charge.new_zeros(n_pixels)
-        sum_end = charge.new_zeros(n_pixels)
-        sum_square = charge.new_zeros(n_pixels)
-        sum_crossing_square = charge.new_zeros(n_pixels)
-        sum_value_crossing = charge.new_zeros(n_pixels)
-        for _attempt in range(front_end.max_attempts):
-            p_pass, v_pass, c_pass, e_pass, p_fail, e_fail, v2_pass, c2_pass, vc_pass = _walk_attempt(
-                start, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
-                nodes, node_weights, horizon_exposure, last)
-            probability = probability + reach * p_pass
-            sum_value = sum_value + reach * v_pass
-            sum_crossing = sum_crossing + reach * c_pass
-            sum_end = sum_end + reach * e_pass
-            sum_square = sum_square + reach * v2_pass
-            sum_crossing_square = sum_crossing_square + reach * c2_pass
-            sum_value_crossing = sum_value_crossing + reach * vc_pass
-            # a row walks on while its next attempt is at least min_weight probable (decided per row, so the
-            # result does not depend on which rows share the group)
-            reach = reach * p_fail
-            reach = torch.where((chain * reach).detach() >= front_end.min_weight, reach, torch.zeros_like(reach))
-            if not bool((reach.detach() > 0).any()):
-                break
-            start = e_fail / torch.clamp(p_fail, min=tiny) + 1.0 + front_end.dead_ticks
-            sigma_baseline = float(front_end.uncorrelated_noise)
+        (probability, sum_value, sum_crossing, sum_end, sum_square, sum_crossing_square,
+         sum_value_crossing) = _slot_sums(position, chain, walk)
         safe = torch.clamp(probability, min=tiny)
         chain = chain * probability
         mean_value = sum_value / safe
@@ -306,38 +321,87 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
                                                                  if moments else ()):
                     column_list.append(torch.zeros_like(chain))
             break
+    else:
+        capped = bool((chain.detach() >= front_end.min_weight).any())
+    if overflow:
+        # the slot after the last: the probability that the pixel fires more readouts than max_readouts
+        # (hard mode drops them); not part of the result's graph
+        overflow_weight = charge.new_zeros(n_pixels)
+        if capped:
+            with torch.no_grad():
+                chain_now = chain.detach()
+                beyond = chain_now * _slot_sums(position.detach(), chain_now, walk)[0]
+                overflow_weight = torch.where(chain_now >= front_end.min_weight, beyond, overflow_weight)
     weight = torch.stack(weights, 1)
     valid = weight.detach() >= front_end.min_weight
     zero = torch.zeros_like(weight)
     adc = torch.where(valid, torch.stack(adcs, 1), zero)
     crossing = torch.where(valid, torch.stack(crossings, 1), zero)
-    if not moments:
-        return adc, crossing, valid, weight
-    return (adc, crossing, valid, weight, torch.where(valid, torch.stack(adc_variances, 1), zero),
-            torch.where(valid, torch.stack(crossing_variances, 1), zero),
-            torch.where(valid, torch.stack(covariances, 1), zero))
+    out = (adc, crossing, valid, weight)
+    if moments:
+        out = out + (torch.where(valid, torch.stack(adc_variances, 1), zero),
+                     torch.where(valid, torch.stack(crossing_variances, 1), zero),
+                     torch.where(valid, torch.stack(covariances, 1), zero))
+    if overflow:
+        out = out + (overflow_weight,)
+    return out
 
 
 @torch.no_grad()
 def hard_readout(charge: torch.Tensor, front_end: FrontEnd, noise: bool = False,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, return_dropped: bool = False):
     """larnd-sim's self-trigger (non-differentiable), vectorised over pixels.
 
     Returns ``adc`` [U, R] integer-valued, ``crossing`` [U, R] local tick (integer-valued), ``valid`` [U, R].
+    A pixel stops after ``max_readouts`` (R) stored reads, as larnd-sim does; with ``return_dropped`` also
+    ``dropped`` [U] (int64): the reads the walk would have stored past the R-th (the walk continued to the end of
+    the window; with noise on a copy of ``generator``'s state, so the R readouts and the generator's stream are the
+    same as without it).
     """
     n_pixels, width = charge.shape
-    thr = front_end.threshold
-    rows = torch.arange(n_pixels, device=charge.device)
-    columns = torch.arange(width, device=charge.device)
     cumulative = torch.cumsum(charge, dim=1)
     padded = torch.cat([charge.new_zeros((n_pixels, 1)), cumulative], dim=1)   # padded[:, k] = Σ_{j<k} q_j
     position = torch.zeros(n_pixels, dtype=torch.long, device=charge.device)   # next tick to accumulate
     offset = (_normal((n_pixels,), charge, generator) * front_end.reset_noise) if noise else charge.new_zeros(n_pixels)
-    n_read = torch.zeros(n_pixels, dtype=torch.long, device=charge.device)
-    adc = charge.new_zeros((n_pixels, front_end.max_readouts))
-    crossing = charge.new_zeros((n_pixels, front_end.max_readouts))
-    valid = torch.zeros((n_pixels, front_end.max_readouts), dtype=torch.bool, device=charge.device)
     active = torch.ones(n_pixels, dtype=torch.bool, device=charge.device)
+    adc, crossing, valid, n_read, position, offset = _hard_walk(
+        cumulative, padded, front_end, noise, generator, position, offset, active, front_end.max_readouts)
+    if not return_dropped:
+        return adc, crossing, valid
+    dropped = torch.zeros(n_pixels, dtype=torch.long, device=charge.device)
+    capped = (n_read >= front_end.max_readouts) & (position < width)
+    if bool(capped.any()):
+        rows = torch.nonzero(capped).flatten()
+        copy = None
+        if noise:
+            source = generator
+            if source is None:
+                source = torch.cuda.default_generators[charge.device.index if charge.device.index is not None
+                                                       else torch.cuda.current_device()] \
+                    if charge.device.type == "cuda" else torch.default_generator
+            copy = torch.Generator(device=charge.device)
+            copy.set_state(source.get_state())
+        more = _hard_walk(cumulative[rows], padded[rows], front_end, noise, copy, position[rows], offset[rows],
+                          torch.ones(len(rows), dtype=torch.bool, device=charge.device), 0)[3]
+        dropped[rows] = more
+    return adc, crossing, valid, dropped
+
+
+def _hard_walk(cumulative, padded, front_end: FrontEnd, noise: bool, generator, position, offset, active,
+               slots: int):
+    """The walk of :func:`hard_readout` from ``position`` (next tick) and ``offset`` (reset baseline) [U] for the
+    ``active`` rows, storing the first ``slots`` reads; stops a row after ``slots`` reads (``slots`` = 0: runs to
+    the end of the window, counting).  Returns adc, crossing, valid [U, slots], reads [U] and the final
+    position and offset [U]."""
+    n_pixels, width = cumulative.shape
+    thr = front_end.threshold
+    limit = slots if slots > 0 else width + 1
+    rows = torch.arange(n_pixels, device=cumulative.device)
+    columns = torch.arange(width, device=cumulative.device)
+    n_read = torch.zeros(n_pixels, dtype=torch.long, device=cumulative.device)
+    adc = cumulative.new_zeros((n_pixels, slots))
+    crossing = cumulative.new_zeros((n_pixels, slots))
+    valid = torch.zeros((n_pixels, slots), dtype=torch.bool, device=cumulative.device)
     span = front_end.integration_ticks
     while bool(active.any()):
         # running sum since the last reset: Σ q[position..k] + offset
@@ -347,7 +411,7 @@ def hard_readout(charge: torch.Tensor, front_end: FrontEnd, noise: bool = False,
         running = cumulative - padded.gather(1, start[:, None]) + offset[:, None]
         probe = running
         if noise:
-            probe = running + _normal(running.shape, charge, generator) * front_end.uncorrelated_noise
+            probe = running + _normal(running.shape, cumulative, generator) * front_end.uncorrelated_noise
         above = (probe >= thr) & (columns[None, :] >= position[:, None]) & active[:, None]
         found = above.any(dim=1)
         c = torch.where(above, columns[None, :], torch.full_like(columns[None, :], width)).amin(dim=1)
@@ -358,25 +422,26 @@ def hard_readout(charge: torch.Tensor, front_end: FrontEnd, noise: bool = False,
         integrated = padded.gather(1, (end + 1)[:, None]).squeeze(1) - padded.gather(1, start_sum[:, None]).squeeze(1)
         value = at_crossing + integrated
         if noise:
-            value = value + _normal((n_pixels,), charge, generator) * front_end.uncorrelated_noise
+            value = value + _normal((n_pixels,), cumulative, generator) * front_end.uncorrelated_noise
         passed = found & (value >= thr)
-        slot = torch.clamp(n_read, max=front_end.max_readouts - 1)
-        store = passed & (n_read < front_end.max_readouts)
-        adc[rows[store], slot[store]] = digitize(value[store], front_end, hard=True)
-        crossing[rows[store], slot[store]] = c[store].to(charge.dtype)
-        valid[rows[store], slot[store]] = True
-        n_read = n_read + store.long()
+        if slots > 0:
+            slot = torch.clamp(n_read, max=slots - 1)
+            store = passed & (n_read < slots)
+            adc[rows[store], slot[store]] = digitize(value[store], front_end, hard=True)
+            crossing[rows[store], slot[store]] = c[store].to(cumulative.dtype)
+            valid[rows[store], slot[store]] = True
+        n_read = n_read + passed.long()      # a passed read is an active row's, below its limit
         # after a read: one dead tick, then the walk goes on (a passed read also skips the loop's own +1)
         next_position = end + 1 + front_end.dead_ticks + passed.long()
         position = torch.where(found, next_position, position)
         if noise:
             reset = torch.where(passed, torch.full_like(value, front_end.reset_noise),
                                 torch.full_like(value, front_end.uncorrelated_noise))
-            offset = torch.where(found, _normal((n_pixels,), charge, generator) * reset, offset)
+            offset = torch.where(found, _normal((n_pixels,), cumulative, generator) * reset, offset)
         else:
             offset = torch.where(found, torch.zeros_like(offset), offset)
-        active = found & (n_read < front_end.max_readouts) & (position < width)
-    return adc, crossing, valid
+        active = found & (n_read < limit) & (position < width)
+    return adc, crossing, valid, n_read, position, offset
 
 
 MODES = ("relaxed", "hard", "reference")

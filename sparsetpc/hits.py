@@ -70,6 +70,7 @@ class Hits:
     adc_variance: Optional[torch.Tensor] = None  # relaxed mode: variance of hard mode's ADC [ADC²] given the readout
     t_variance: Optional[torch.Tensor] = None    # relaxed mode: variance of its crossing time [µs²]
     adc_t_covariance: Optional[torch.Tensor] = None  # relaxed mode: covariance of ADC and time [ADC·µs]
+    n_capped_pixels: float = 0.0       # pixels that would fire more than max_readouts (relaxed: expected number)
 
     def __len__(self) -> int:
         return int(self.adc.shape[0])
@@ -79,7 +80,7 @@ class Hits:
         picked = {name: getattr(self, name)[mask] for name in PER_READOUT}
         optional = {name: None if getattr(self, name) is None else getattr(self, name)[mask] for name in OPTIONAL}
         return Hits(**picked, **optional, pixel_table=self.pixel_table, waveforms=self.waveforms,
-                    n_skipped_segments=self.n_skipped_segments)
+                    n_skipped_segments=self.n_skipped_segments, n_capped_pixels=self.n_capped_pixels)
 
     @classmethod
     def concat(cls, parts) -> "Hits":
@@ -99,7 +100,8 @@ class Hits:
                 torch.cat([getattr(h, name) for h in parts])
         return cls(pixel=torch.cat([h.pixel + int(o) for h, o in zip(parts, offsets)]),
                    pixel_table=torch.cat([h.pixel_table for h in parts]), weight=weight,
-                   n_skipped_segments=sum(h.n_skipped_segments for h in parts), **merged)
+                   n_skipped_segments=sum(h.n_skipped_segments for h in parts),
+                   n_capped_pixels=sum(h.n_capped_pixels for h in parts), **merged)
 
     def likely(self, threshold: float = 0.5) -> "Hits":
         """The readouts more probable than ``threshold`` (all of them outside relaxed mode): the point cloud

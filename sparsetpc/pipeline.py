@@ -97,13 +97,13 @@ def _group_waveforms(buffer, plan, rows):
 
 def _relaxed_group(buffer, plan, rows, front_end, horizon):
     return expected_readout(_group_waveforms(buffer, plan, rows), front_end, horizon[rows], plan.pixel_width[rows],
-                            moments=True)
+                            moments=True, overflow=True)
 
 
 def _reference_group(buffer, plan, rows, front_end, draws):
     adc, crossing, valid = reference_readout(_group_waveforms(buffer, plan, rows), front_end, draws)
     zero = torch.zeros_like(adc)
-    return adc, crossing, valid, valid.to(adc.dtype), zero, zero, zero
+    return adc, crossing, valid, valid.to(adc.dtype), zero, zero, zero, adc.new_zeros(adc.shape[0])
 
 
 def simulate(segments: Segments, detector: Optional[Detector] = None, params: Optional[Params] = None, *,
@@ -121,6 +121,10 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     The work runs on ``params``' device and dtype; segments are moved there.
     Segments outside every drift volume carry no charge; their number is in ``hits.n_skipped_segments`` and a
     warning says how many.
+    A pixel stores at most ``front_end.max_readouts`` readouts (larnd-sim's cap; a long pulse under a steep track
+    would fire more): hard mode counts the readouts past the cap, relaxed mode the probability of a readout past it
+    (the weight of the slot after the last); ``hits.n_capped_pixels`` holds the number of pixels that hit the cap
+    (relaxed: its expectation) and one warning per call says how many (reference mode is not counted).
     """
     detector = detector or Detector.default()
     params = params or Params.nominal()
@@ -185,13 +189,14 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
                          "other; use FrontEnd(clock_phases=1) for parity studies")
     buffer = plan = None
     sums = None
+    overflow = None
     for phase_index in range(phases):
         phase = detector.tick * phase_index / phases
         state = SegmentState(start=segments.start, end=segments.end, n_electrons=electrons,
                              t_start=segments.t_start, t_end=segments.t_end, z_anode=drifted.z_anode,
                              time_shift=time_shift + phase, first_tick=first_tick)
         (phase_buffer, phase_plan, adc, crossing, valid, weight, adc_variance, crossing_variance,
-         crossing_covariance) = _phase_readouts(
+         crossing_covariance, phase_overflow) = _phase_readouts(
             pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise, generator,
             max_elements, checkpoint, backend, progress)
         time = (phase_plan.pixel_start.to(dtype)[:, None] + crossing) * detector.tick + phase
@@ -199,6 +204,8 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         covariance = crossing_covariance * detector.tick
         if phase_index == 0:
             buffer, plan = phase_buffer, phase_plan
+        # per pixel: readouts past the cap (hard) or the probability of one (relaxed), averaged over the phases
+        overflow = phase_overflow / phases if overflow is None else overflow + phase_overflow / phases
         if phases == 1:
             break
         # a readout below min_weight in one phase is absent there: it adds nothing to the mixture
@@ -218,6 +225,8 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         time_variance = torch.where(valid, torch.clamp(sums[4] / safe - time * time, min=0.0), zero)
         covariance = torch.where(valid, sums[5] / safe - adc * time, zero)
 
+    n_capped = _warn_capped(overflow, mode, front_end.max_readouts)
+
     # hits, sorted by pixel then readout slot
     pixel_rows, slots = torch.nonzero(valid, as_tuple=True)
     table = pixel_table[pixel_rows]
@@ -228,7 +237,7 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
                 x=x0 + (table[:, 2].to(dtype) + 0.5) * detector.pixel_pitch,
                 y=y0 + (table[:, 3].to(dtype) + 0.5) * detector.pixel_pitch,
                 t=time, adc=adc[pixel_rows, slots], pixel_table=pixel_table, n_skipped_segments=n_skipped,
-                weight=weight[pixel_rows, slots])
+                weight=weight[pixel_rows, slots], n_capped_pixels=n_capped)
     if mode == "relaxed":
         hits.adc_variance = adc_variance[pixel_rows, slots]
         hits.t_variance = time_variance[pixel_rows, slots]
@@ -238,11 +247,42 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     return hits
 
 
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _warn_capped(overflow: Optional[torch.Tensor], mode: str, max_readouts: int) -> float:
+    """Warn once about pixels that would fire more than ``max_readouts`` readouts; returns their number (hard
+    mode) or its expectation (relaxed).  ``overflow`` [U]: readouts past the cap (hard) or the probability of one
+    (relaxed)."""
+    if overflow is None or overflow.numel() == 0:
+        return 0.0
+    overflow = overflow.detach()
+    if mode == "hard":
+        n_pixels = int((overflow > 0).sum())
+        if n_pixels:
+            warnings.warn(f"{n_pixels} pixel(s) would fire more than max_readouts={max_readouts} readouts: "
+                          f"{int(overflow.sum())} readout(s) past the {_ordinal(max_readouts)} were dropped "
+                          "(larnd-sim's cap, FrontEnd.max_readouts)", stacklevel=3)
+        return float(n_pixels)
+    if mode == "relaxed":
+        expected = float(overflow.sum())
+        if expected >= 0.5:
+            likely = int((overflow >= 0.5).sum())
+            warnings.warn(f"an expected {expected:.2f} pixel(s) ({likely} with probability ≥ 0.5) would fire more "
+                          f"than max_readouts={max_readouts} readouts: readouts past the {_ordinal(max_readouts)} "
+                          "are dropped (larnd-sim's cap, FrontEnd.max_readouts)", stacklevel=3)
+        return expected
+    return 0.0
+
+
 def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise,
                     generator, max_elements, checkpoint, backend, progress):
     """Induction and electronics on one sampling grid (``state.time_shift``): (buffer, plan, adc, crossing,
-    valid, weight, adc_variance, crossing_variance, adc_crossing_covariance), the last seven [U, R], the crossing
-    in columns of each pixel's window (moments: relaxed mode only, else 0)."""
+    valid, weight, adc_variance, crossing_variance, adc_crossing_covariance, overflow), seven [U, R], the crossing
+    in columns of each pixel's window (moments: relaxed mode only, else 0); ``overflow`` [U]: readouts past the
+    cap (hard), the probability of one (relaxed), 0 (reference)."""
     device = state.start.device
     bar = None
     callback = None
@@ -264,6 +304,7 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
     adc_variance = buffer.new_zeros((n_pixels, readouts))
     crossing_variance = buffer.new_zeros((n_pixels, readouts))
     covariance = buffer.new_zeros((n_pixels, readouts))
+    overflow = buffer.new_zeros(n_pixels).detach()
     horizon = pixel_horizon(plan, pairs, state, params, detector, options) if (mode == "relaxed" and n_pixels) else None
     if n_pixels:
         # the relaxed front end holds [rows, width, quadrature nodes] temporaries
@@ -272,22 +313,24 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
         for rows in _electronics_groups(plan.pixel_width, group_elements):
             rows = rows.to(device)
             if mode == "hard":
-                a, c, v = hard_readout(_group_waveforms(buffer.detach(), plan, rows), front_end, noise, generator)
+                a, c, v, o = hard_readout(_group_waveforms(buffer.detach(), plan, rows), front_end, noise, generator,
+                                          return_dropped=True)
                 w = v.to(buffer.dtype)
+                o = o.to(buffer.dtype)
                 va = vc = cv = torch.zeros_like(a)
             elif mode == "relaxed":
                 if use_checkpoint:
-                    a, c, v, w, va, vc, cv = torch.utils.checkpoint.checkpoint(_relaxed_group, buffer, plan, rows,
-                                                                               front_end, horizon, use_reentrant=False)
+                    a, c, v, w, va, vc, cv, o = torch.utils.checkpoint.checkpoint(
+                        _relaxed_group, buffer, plan, rows, front_end, horizon, use_reentrant=False)
                 else:
-                    a, c, v, w, va, vc, cv = _relaxed_group(buffer, plan, rows, front_end, horizon)
+                    a, c, v, w, va, vc, cv, o = _relaxed_group(buffer, plan, rows, front_end, horizon)
             else:
                 draws = draw_readout_noise(len(rows), front_end, buffer, generator) if noise else None
                 if use_checkpoint:
-                    a, c, v, w, va, vc, cv = torch.utils.checkpoint.checkpoint(_reference_group, buffer, plan, rows,
-                                                                               front_end, draws, use_reentrant=False)
+                    a, c, v, w, va, vc, cv, o = torch.utils.checkpoint.checkpoint(
+                        _reference_group, buffer, plan, rows, front_end, draws, use_reentrant=False)
                 else:
-                    a, c, v, w, va, vc, cv = _reference_group(buffer, plan, rows, front_end, draws)
+                    a, c, v, w, va, vc, cv, o = _reference_group(buffer, plan, rows, front_end, draws)
             adc = adc.index_copy(0, rows, a)
             crossing = crossing.index_copy(0, rows, c)
             valid = valid.index_copy(0, rows, v)
@@ -295,4 +338,5 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
             adc_variance = adc_variance.index_copy(0, rows, va)
             crossing_variance = crossing_variance.index_copy(0, rows, vc)
             covariance = covariance.index_copy(0, rows, cv)
-    return buffer, plan, adc, crossing, valid, weight, adc_variance, crossing_variance, covariance
+            overflow = overflow.index_copy(0, rows, o.detach())
+    return buffer, plan, adc, crossing, valid, weight, adc_variance, crossing_variance, covariance, overflow

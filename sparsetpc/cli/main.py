@@ -57,8 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("example", parents=[common], help="write seeded example tracks in edep-sim format")
     ex.add_argument("-o", "--output", required=True)
     ex.add_argument("--events", type=int, default=3, help="number of events (>= 1)")
-    ex.add_argument("--tracks-per-event", type=int, default=3, help="tracks per event (>= 1)")
+    ex.add_argument("--tracks-per-event", type=int, default=None,
+                    help="tracks per event (>= 1; default 3 for --kind mixed, 1 for --kind steep)")
     ex.add_argument("--seed", type=int, default=0, help="random seed (non-negative)")
+    ex.add_argument("--kind", default="mixed", choices=["mixed", "steep"],
+                    help="mixed: muons, pions and protons at random angles (sin θ ≥ 0.3); steep: straight muons "
+                         "with cot θ (drift over transverse extent) and drift extent in chosen ranges, each inside "
+                         "one drift volume")
+    ex.add_argument("--cot-theta", type=float, nargs=2, metavar=("MIN", "MAX"),
+                    help="--kind steep: range of cot θ, drawn log-uniformly (default 5 50)")
+    ex.add_argument("--drift-extent", type=float, nargs=2, metavar=("MIN", "MAX"),
+                    help="--kind steep: range of the drift extent |Δx| in cm, at most 29 (default 15 27)")
+    ex.add_argument("--step", type=float, default=None,
+                    help="segment (step) length in cm (default 0.5 for --kind mixed, jittered; 0.4 for --kind steep)")
     return parser
 
 
@@ -163,17 +174,56 @@ def _simulate(args) -> int:
 
 
 # ---------------------------------------------------------------------------- example
+def _check_range(option: str, values, positive: bool, at_most: Optional[float] = None, unit: str = "") -> None:
+    low, high = values
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise UsageError(f"{option} must be finite, got {low:g} {high:g}")
+    if positive and low <= 0:
+        raise UsageError(f"{option} must be positive, got min {low:g}{unit}")
+    if low > high:
+        raise UsageError(f"{option}: min {low:g} is larger than max {high:g}")
+    if at_most is not None and high > at_most:
+        raise UsageError(f"{option} max {high:g}{unit} does not fit in one drift volume (at most {at_most:g}{unit})")
+
+
 def _example(args) -> int:
+    from sparsetpc import example
+    steep = args.kind == "steep"
     if args.events < 1:
         raise UsageError(f"--events must be at least 1, got {args.events}")
-    if args.tracks_per_event < 1:
-        raise UsageError(f"--tracks-per-event must be at least 1, got {args.tracks_per_event}")
+    tracks = args.tracks_per_event if args.tracks_per_event is not None else (1 if steep else 3)
+    if tracks < 1:
+        raise UsageError(f"--tracks-per-event must be at least 1, got {tracks}")
     if args.seed < 0:
         raise UsageError(f"--seed must be non-negative, got {args.seed}")
+    step = args.step if args.step is not None else example.default_step(args.kind)
+    if not np.isfinite(step) or step <= 0:
+        raise UsageError(f"--step must be a positive length in cm, got {step:g}")
+    if not steep:
+        given = [option for option, value in (("--cot-theta", args.cot_theta), ("--drift-extent", args.drift_extent))
+                 if value is not None]
+        if given:
+            verb = "needs" if len(given) == 1 else "need"
+            raise UsageError(f"{' and '.join(given)} {verb} --kind steep (the mixed kind draws its own angles)")
+    cot_theta = tuple(args.cot_theta) if args.cot_theta is not None else example.STEEP_COT_THETA
+    drift_extent = tuple(args.drift_extent) if args.drift_extent is not None else example.STEEP_DRIFT_EXTENT
+    if steep:
+        _check_range("--cot-theta", cot_theta, positive=True)
+        _check_range("--drift-extent", drift_extent, positive=True, at_most=example.MAX_DRIFT_EXTENT, unit=" cm")
+        transverse, widest = drift_extent[0] / cot_theta[1], example.widest_transverse_extent()
+        if transverse > widest:
+            raise UsageError(f"--drift-extent min / --cot-theta max = {transverse:g} cm of transverse extent does not "
+                             f"fit in the module ({widest:.1f} cm across): raise --cot-theta or lower --drift-extent")
     check_output_path(args.output, option="--output")
-    from sparsetpc.example import write_example
-    path = write_example(args.output, n_events=args.events, tracks_per_event=args.tracks_per_event, seed=args.seed)
-    print(f"wrote {args.events} event(s) x {args.tracks_per_event} track(s) of edep-sim segments to {path}")
+    if steep:
+        path = example.write_example(args.output, n_events=args.events, tracks_per_event=tracks, seed=args.seed,
+                                     step=step, kind="steep", cot_theta=cot_theta, drift_extent=drift_extent)
+        print(f"wrote {args.events} event(s) x {tracks} steep muon(s) (cot θ {cot_theta[0]:g}–{cot_theta[1]:g}, "
+              f"drift extent {drift_extent[0]:g}–{drift_extent[1]:g} cm, {step:g} cm steps) of edep-sim segments "
+              f"to {path}")
+        return EXIT_OK
+    path = example.write_example(args.output, n_events=args.events, tracks_per_event=tracks, seed=args.seed, step=step)
+    print(f"wrote {args.events} event(s) x {tracks} track(s) of edep-sim segments to {path}")
     return EXIT_OK
 
 
