@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--polish-ftol", type=float, default=None,
                    help="the polish has converged when a step lowers the loss by <= FTOL*max(|loss|, 1)")
     g.add_argument("--polish-max-wall", type=float, default=None, metavar="S",
-                   help="no new polish step after S seconds of polishing")
+                   help="no new evaluation of the polish after S seconds of polishing (a step in progress ends "
+                        "at its best point); default for the likelihood: --max-wall")
     g.add_argument("--max-wall", type=float, default=None, metavar="S",
                    help="leave the main loop after S seconds of wall time (then polish, Hessian, result)")
     g.add_argument("--sigma-replicas", type=int, default=0, metavar="N",

@@ -72,6 +72,10 @@ class FitInterrupted(Exception):
     pass
 
 
+class _PolishWallTime(Exception):
+    """Raised inside an L-BFGS step when the polish's wall time is spent (see Fitter._polish)."""
+
+
 def _check_config(config: FitConfig) -> None:
     """Refuse settings that cannot work, before any simulation (the CLI checks its arguments the same way)."""
     if config.iterations < 0:
@@ -393,14 +397,23 @@ class Fitter:
                           dtype=theta.dtype, device=theta.device)
         n_eval = [0]
         last = {}
+        best = {"loss": math.inf, "point": None}
 
         def full(point):
-            """(loss, gradient) of the full objective, the last point remembered (steps end where they looked)."""
+            """(loss, gradient) of the full objective, the last point remembered (steps end where they looked).
+            Past ``polish_max_wall_s`` no new evaluation starts: the step is abandoned (a step may take up to
+            max_iter evaluations) and the polish ends at the best point evaluated."""
             key = point.detach().cpu().numpy().tobytes()
             if key not in last:
+                if (cfg.polish_max_wall_s is not None and n_eval[0] > 0
+                        and time.perf_counter() - t0 > cfg.polish_max_wall_s):
+                    raise _PolishWallTime()
                 last.clear()
                 last[key] = self.evaluate(point)
                 n_eval[0] += 1
+                value = float(last[key][0])
+                if math.isfinite(value) and value < best["loss"]:
+                    best.update(loss=value, point=point.detach().clone())
             return last[key]
 
         losses, restarts = [], 0
@@ -436,7 +449,14 @@ class Fitter:
                 return loss.detach() + (grad[free].detach() * out).sum() + 0.5 * kappa * out.pow(2).sum()
 
             values = ps.physical_values([theta[i] for i in range(theta.numel())])
-            loss = opt.step(closure)
+            try:
+                loss = opt.step(closure)
+            except _PolishWallTime:
+                # inside a step: end at the best point evaluated (inside the bounds: every evaluation is clamped)
+                if best["point"] is not None:
+                    theta = best["point"]
+                stop = "polish wall time"
+                break
             moved = theta.clone()
             moved[free] = x.detach()
             theta = torch.minimum(torch.maximum(moved, lo), hi)

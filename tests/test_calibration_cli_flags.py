@@ -297,9 +297,11 @@ def test_polish_lbfgs_and_its_options(tmp_path, capsys):
     # --polish-ftol: a step lowering the loss by <= ftol·max(|f|, 1) counts as converged: huge ftol stops at once
     ftol = fit(capsys, tmp_path / "ftol", *args, "--polish-lbfgs", "4", "--polish-ftol", "1e9")
     assert ftol["polish"]["steps"] == 1 and ftol["polish"]["stopped"].startswith("converged")
-    # --polish-max-wall: no new step after S seconds
+    # --polish-max-wall: no new evaluation after S seconds, even inside a step (which may take up to 20): the
+    # polish ends at the best point evaluated, here the start
     wall = fit(capsys, tmp_path / "wall", *args, "--polish-lbfgs", "4", "--polish-max-wall", "1e-9")
-    assert wall["polish"]["steps"] == 1 and wall["polish"]["stopped"] == "polish wall time"
+    assert wall["polish"]["steps"] == 0 and wall["polish"]["stopped"] == "polish wall time"
+    assert wall["polish"]["evaluations"] == 1 and wall["params"]["Ab"]["fitted"] == NOMINAL
     # --polish-kwargs reach torch.optim.LBFGS: a gradient tolerance above any gradient makes it stand still
     still = fit(capsys, tmp_path / "kwargs", *args, "--polish-lbfgs", "4", "--polish-kwargs",
                 '{"tolerance_grad": 1e30, "history_size": 3}')

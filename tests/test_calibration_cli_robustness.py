@@ -146,7 +146,7 @@ def test_debug_shows_the_traceback_and_console_script_exit_code(tmp_path):
     plain = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert plain.returncode == 2 and "Traceback" not in plain.stderr
     assert plain.stderr.strip() == "sparsetpc-calibrate: error: unknown loss 'nope'; choose from space_match, " \
-                                   "chamfer, sinkhorn, sdtw, mse, chi2"
+                                   "chamfer, sinkhorn, sdtw, mse, chi2, likelihood"
     debug = subprocess.run(argv + ["--debug"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert debug.returncode == 2 and "Traceback" in debug.stderr
 
