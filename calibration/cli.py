@@ -552,6 +552,12 @@ def _summary(result) -> None:
         fmt = lambda v: "-" if v is None else f"{v:.5g}"
         print(f"{name:>12} {fmt(e['initial']):>12} {fmt(e['target']):>12} {fmt(e['fitted']):>12} {fmt(e['sigma']):>10}")
     print(f"iterations {result['iterations']}  final loss {result['final_loss']:.5g}  wall {result['wall_time_s']:.1f} s")
+    if result.get("sigma_reason"):
+        print(f"no sigma: {result['sigma_reason']}")
+    if result.get("converged") is False:
+        print("NOT CONVERGED (see warnings in result.json)")
+    for warning in result.get("warnings") or []:
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
 def cmd_scan(args) -> int:

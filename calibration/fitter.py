@@ -510,7 +510,21 @@ class Fitter:
         unc = None
         hess = None
         if cfg.hessian:
-            hess = fd_hessian(lambda th: self.evaluate(th)[1], theta, cfg.hessian_step)
+            bar = None
+            if cfg.progress and self.dist.is_main:
+                from tqdm import tqdm
+                bar = tqdm(total=2 * theta.numel(), desc="Hessian", unit="evaluation", dynamic_ncols=True, leave=False)
+
+            def gradient(point):
+                g = self.evaluate(point)[1]
+                if bar is not None:
+                    bar.update(1)
+                return g
+            try:
+                hess = fd_hessian(gradient, theta, cfg.hessian_step)
+            finally:
+                if bar is not None:
+                    bar.close()
             unc = covariance_from_hessian(hess, up)
             cov_phys = to_physical(unc["covariance"], ps.jacobians(ps.physical_values(leaves)))
             sigma_phys = np.where(np.isfinite(unc["sigma"]), np.sqrt(np.abs(np.diag(cov_phys))), np.nan)
