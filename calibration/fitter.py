@@ -618,10 +618,10 @@ def convergence_check(ps, leaves, grad, hess, unc, history, statistical: bool, u
     not_done = []
     if hess is not None and unc is not None and unc.get("hessian_posdef") and np.all(np.isfinite(g)):
         step_internal = -np.linalg.solve(hess, g)
-        edm = float(0.5 * g @ np.linalg.solve(hess, g))
+        edm = float(-0.5 * g @ step_internal)
         jac = np.asarray(ps.jacobians(values), dtype=np.float64)
         step = step_internal * jac
-        sigma = np.sqrt(np.abs(np.diag(2.0 * up * np.linalg.inv(hess)))) * np.abs(jac)
+        sigma = np.asarray(unc["sigma"], dtype=np.float64) * np.abs(jac)     # √(2·up·H⁻¹)_kk, internal → physical
         out["edm"] = edm
         out["newton_step"] = {n: float(v) for n, v in zip(names, step)}
         for k, name in enumerate(names):

@@ -17,19 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from .forward import call_forward
-from .losses.chi2 import noise_sigma_adc, readout_keys
-
-
-def _lookup(keys_from: torch.Tensor, keys_in: torch.Tensor) -> torch.Tensor:
-    """Row of ``keys_in`` holding each row of ``keys_from`` (−1 where absent); keys unique within each side."""
-    if keys_from.shape[0] == 0:
-        return torch.zeros(0, dtype=torch.long, device=keys_from.device)
-    if keys_in.shape[0] == 0:
-        return torch.full((keys_from.shape[0],), -1, dtype=torch.long, device=keys_from.device)
-    union, inverse = torch.unique(torch.cat([keys_from, keys_in]), dim=0, return_inverse=True)
-    where = torch.full((union.shape[0],), -1, dtype=torch.long, device=keys_from.device)
-    where[inverse[keys_from.shape[0]:]] = torch.arange(keys_in.shape[0], device=keys_from.device)
-    return where[inverse[:keys_from.shape[0]]]
+from .losses.chi2 import key_rows, noise_sigma_adc, readout_keys
 
 
 #: a readout seen in fewer replicas keeps the model σ, so fewer replicas than this change nothing
@@ -46,7 +34,7 @@ def replica_sigma(forward: Callable, params, data, target, n_replicas: int, seed
     sigma_model = noise_sigma_adc() if sigma_model is None else float(sigma_model)
     keys_target = readout_keys(target)
     clean = call_forward(forward, params, data, noise=False, seed=None)
-    at_clean = _lookup(keys_target, readout_keys(clean))
+    at_clean = key_rows(keys_target, readout_keys(clean))
     t_clean = clean.t.detach()
     dtype = clean.adc.dtype
     n = keys_target.shape[0]
@@ -55,7 +43,7 @@ def replica_sigma(forward: Callable, params, data, target, n_replicas: int, seed
     total_sq = torch.zeros_like(count)
     for r in range(n_replicas):
         rep = call_forward(forward, params, data, noise=True, seed=int(seed) + r)
-        at = _lookup(keys_target, readout_keys(rep))
+        at = key_rows(keys_target, readout_keys(rep))
         ok = (at >= 0) & (at_clean >= 0)
         if max_dt is not None:
             dt = torch.full((n,), float("inf"), dtype=dtype, device=count.device)

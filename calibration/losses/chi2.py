@@ -103,3 +103,15 @@ def readout_keys(hits) -> torch.Tensor:
     """[N, 5] int64 keys (event, plane, ix, iy, readout slot) of a ``Hits`` object."""
     cols = [hits.event, hits.plane, hits.ix, hits.iy, hits.readout]
     return torch.stack([c.reshape(-1).to(torch.int64) for c in cols], dim=1)
+
+
+def key_rows(keys_from: torch.Tensor, keys_in: torch.Tensor) -> torch.Tensor:
+    """Row of ``keys_in`` holding each row of ``keys_from`` (−1 where absent); keys unique within each side."""
+    if keys_from.shape[0] == 0:
+        return torch.zeros(0, dtype=torch.long, device=keys_from.device)
+    if keys_in.shape[0] == 0:
+        return torch.full((keys_from.shape[0],), -1, dtype=torch.long, device=keys_from.device)
+    union, inverse = torch.unique(torch.cat([keys_from, keys_in]), dim=0, return_inverse=True)
+    where = torch.full((union.shape[0],), -1, dtype=torch.long, device=keys_from.device)
+    where[inverse[keys_from.shape[0]:]] = torch.arange(keys_in.shape[0], device=keys_from.device)
+    return where[inverse[:keys_from.shape[0]]]

@@ -32,7 +32,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
-from .chi2 import noise_sigma_adc
+from .chi2 import key_rows, noise_sigma_adc
 
 #: defaults: the readout density's broad component (weight, width in units of the model's σ), the flat
 #: outlier density's level (the density of a χ² = OUTLIER_CHI2 readout at σ_a0, σ_t0), P(N = n) floor
@@ -41,13 +41,6 @@ BROAD_SCALE = 30.0
 OUTLIER_CHI2 = 50.0
 COUNT_FLOOR = 1e-6
 OUTLIER_WEIGHT = 1.0
-
-
-def _rows(keys: torch.Tensor, union: torch.Tensor) -> torch.Tensor:
-    """Row of ``union`` (sorted unique rows) holding each row of ``keys`` (every row present)."""
-    _, inverse = torch.unique(torch.cat([union, keys]), dim=0, return_inverse=True)
-    # torch.unique sorts: the union rows map onto 0..P−1 in order, so the inverse of a key is its union row
-    return inverse[union.shape[0]:]
 
 
 def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: torch.Tensor, adc: torch.Tensor,
@@ -75,8 +68,8 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
         raise ValueError(f"readout slot beyond the front end's {n_slots} readouts per pixel")
     union = torch.unique(torch.cat([pixel_guess, pixel_target.to(pixel_guess.dtype)]), dim=0)
     n_pixels = union.shape[0]
-    row_guess = _rows(pixel_guess, union)
-    row_target = _rows(pixel_target.to(pixel_guess.dtype), union)
+    row_guess = key_rows(pixel_guess, union)
+    row_target = key_rows(pixel_target.to(pixel_guess.dtype), union)
     # w[p, s], s = 0..n_slots (the last column stays 0: no readout past the last slot)
     table = torch.zeros((n_pixels, n_slots + 1), dtype=dtype, device=device)
     table = table.index_put((row_guess, slot_guess), weight.to(dtype))
