@@ -38,8 +38,10 @@ def check_finite_readouts(table: np.ndarray, source: str, consequence: str) -> N
 
 #: Fields of :class:`Hits` with one entry per readout.
 PER_READOUT = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
+#: Relaxed mode's per-readout moments (None in the other modes).
+MOMENTS = ("adc_variance", "t_variance", "adc_t_covariance")
 #: Optional per-readout fields (None when absent).
-OPTIONAL = ("weight", "adc_variance", "t_variance", "adc_t_covariance")
+OPTIONAL = ("weight",) + MOMENTS
 
 
 @dataclass
@@ -94,7 +96,7 @@ class Hits:
         weight = None
         if any(h.weight is not None for h in parts):
             weight = torch.cat([torch.ones_like(h.adc) if h.weight is None else h.weight for h in parts])
-        for name in ("adc_variance", "t_variance", "adc_t_covariance"):
+        for name in MOMENTS:
             # kept only when every part has them (relaxed mode)
             merged[name] = None if any(getattr(h, name) is None for h in parts) else \
                 torch.cat([getattr(h, name) for h in parts])
