@@ -28,7 +28,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from sparsetpc.cli.errors import UsageError, check_device, check_memory_budget, check_output_dir, run_guarded
+from sparsetpc.cli.errors import OneLineParser, UsageError, check_device, check_memory_budget, check_output_dir, run_guarded
 
 PROG = "sparsetpc-calibrate"
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64, "float": torch.float32}
@@ -135,9 +135,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparsetpc-calibrate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineParser(prog="sparsetpc-calibrate", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     fit = sub.add_parser("fit", help="fit parameters by gradient descent")
     _common(fit)
     g = fit.add_argument_group("optimisation")

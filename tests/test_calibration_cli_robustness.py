@@ -155,3 +155,15 @@ def test_good_run_still_works(tmp_path, capsys):
     code, _ = run_cli(capsys, TOY + ["--out", tmp_path / "o"])
     assert code == 0
     assert json.loads((tmp_path / "o" / "result.json").read_text())["iterations"] == 2
+
+
+@pytest.mark.parametrize("argv", [["fit", "--iterations", "abc"], ["fit", "--clock-phases", "x"], ["fit", "--bogus"],
+                                  ["nonsense"]])
+def test_argparse_errors_are_one_line(argv, tmp_path, capsys):
+    """Type errors and unknown options of the argument parser itself: one line, exit 2, no usage dump."""
+    from calibration.cli import main as calibration_main
+    with pytest.raises(SystemExit) as stop:
+        calibration_main([*argv, "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith("sparsetpc-calibrate"), err
+    assert not (tmp_path / "o").exists()
