@@ -158,12 +158,26 @@ def _gauss_hermite(n: int, like: torch.Tensor):
 
 
 def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
-                  nodes, node_weights, horizon_exposure, last):
+                  nodes, node_weights, horizon_exposure, last, active=None):
     """One trigger attempt of the hard walk from the continuous ``position`` [U] with a reset baseline of σ
     ``sigma_baseline``: probabilities and probability-weighted sums of the stored (passed) and failed reads.
 
     Hard mode starts at integer ticks; a fractional position n + φ is the mixture of the walks from n (weight
-    1 − φ) and n + 1 (weight φ), so every output is continuous in the position."""
+    1 − φ) and n + 1 (weight φ), so every output is continuous in the position.
+
+    ``active`` [U] (bool, optional): only these rows are walked; the others' outputs are 0 (rows are
+    independent, so the result of a row does not depend on which others are walked).  Columns before the
+    earliest start of the walked rows are not evaluated (they are not exposed)."""
+    n_total = cumulative.shape[0]
+    if active is not None:
+        walked = torch.nonzero(active).flatten()
+        if walked.numel() < n_total:
+            if walked.numel() == 0:
+                return tuple(cumulative.new_zeros(n_total) for _ in range(9))
+            sub = _walk_attempt(position[walked], sigma_baseline, cumulative[walked], padded[walked],
+                                read_charge[walked], columns_f, end_f[walked], front_end, nodes, node_weights,
+                                horizon_exposure[walked], last[walked])
+            return tuple(cumulative.new_zeros(n_total).index_copy(0, walked, value) for value in sub)
     dtype = cumulative.dtype
     n_pixels, width = cumulative.shape
     thr = front_end.threshold
@@ -174,6 +188,11 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
     position = torch.minimum(torch.clamp(position, min=0.0), (last + 1).to(dtype))
     lower = torch.minimum(torch.floor(position.detach()).long(), last)
     fraction = position - lower.to(dtype)
+    # columns before the earliest start are not exposed in any row: leave them out
+    skip = int(lower.min())
+    if skip > 0:
+        cumulative, read_charge, end_f = cumulative[:, skip:], read_charge[:, skip:], end_f[:, skip:]
+        columns_f, horizon_exposure = columns_f[skip:], horizon_exposure[:, skip:]
     start = torch.cat([lower, lower + 1])                                                       # [2U] integer
     rows = torch.cat([torch.arange(n_pixels, device=start.device)] * 2)
     base = padded[rows, start]                                                                 # C(start − 1)
@@ -222,9 +241,11 @@ def _slot_sums(position, chain, walk):
     sum_crossing_square = cumulative.new_zeros(n_pixels)
     sum_value_crossing = cumulative.new_zeros(n_pixels)
     for _attempt in range(front_end.max_attempts):
+        # rows whose attempt is less probable than min_weight are not walked (their outputs are not reported)
+        active = (chain * reach).detach() >= front_end.min_weight
         p_pass, v_pass, c_pass, e_pass, p_fail, e_fail, v2_pass, c2_pass, vc_pass = _walk_attempt(
             start, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
-            nodes, node_weights, horizon_exposure, last)
+            nodes, node_weights, horizon_exposure, last, active)
         probability = probability + reach * p_pass
         sum_value = sum_value + reach * v_pass
         sum_crossing = sum_crossing + reach * c_pass

@@ -55,7 +55,11 @@ class InductionOptions:
     pad.  ``n_sigma_late``: the near window ends n σ_t after the mean arrival.  ``tail_taper_ticks``: width of the
     smooth step that brings each early tail in from its cut.  ``sample_spacing``: sample step along
     a segment in units of the local diffusion width (1.0 → quadrature error ≪ 1e-6).  ``max_sample_step`` cm.
-    ``tail_tolerance``: relative size of the response tail dropped before each sample's window starts.
+    ``tail_tolerance``: size of each component's response tail dropped before its window starts, relative to the
+    charge of the sample's node (not to its part on the pad: a sample at the edge of a pad's reach has a short
+    tail or none).  ``min_pad_fraction``: a sample whose part on the pad is below this fraction of its node's
+    charge carries none (it fades in smoothly up to 10× this fraction), so far neighbours of a narrow cloud cost
+    nothing.
     ``reference_time_axis``: reproduce the differentiable reference's per-segment time axis (current evaluated at
     t_lo + k·tick but deposited at tick round(t_lo/tick) + k, nothing before t_lo = t_start − 5 µs); off by default
     (physically the current is evaluated at the tick times).  Only for parity studies.
@@ -67,6 +71,7 @@ class InductionOptions:
     sample_spacing: float = 1.0
     max_sample_step: float = 0.05
     tail_tolerance: float = 1e-5
+    min_pad_fraction: float = 1e-7
     reference_time_axis: bool = False
     reference_time_padding: float = 5.0   # µs, t_lo = t_start − padding in reference mode
 
@@ -215,6 +220,9 @@ class SamplePlan:
     pixel_width: torch.Tensor    # [U]
     pixel_offset: torch.Tensor   # [U] offset of the pixel window in the flat buffer
     buffer_size: int
+    horizon_pair: Optional[torch.Tensor] = None    # [S'] all samples with charge (those evaluated and those
+    horizon_u: Optional[torch.Tensor] = None       # below min_pad_fraction): the window ends and the trigger
+    horizon_weight: Optional[torch.Tensor] = None  # horizon are taken over them
 
     @property
     def n_elements(self) -> int:
@@ -222,9 +230,17 @@ class SamplePlan:
 
 
 # ---------------------------------------------------------------------------------------------- sample physics
+def fade_in(fraction: torch.Tensor, lowest: float) -> torch.Tensor:
+    """C¹ step in log(fraction) from 0 at ``lowest`` to 1 at 10·``lowest``."""
+    safe = torch.clamp(fraction, min=0.5 * lowest)
+    x = torch.clamp(torch.log10(safe / lowest), 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
 def _sample_state(u, weight, pair_rows, pairs: Pairs, segments: SegmentState, params: Params,
-                  detector: Detector):
-    """Charge, arrival-time distribution and response shape of each sample (differentiable)."""
+                  detector: Detector, min_pad_fraction: float = 0.0):
+    """Charge, arrival-time distribution, response shape and part on the pad of each sample (differentiable).
+    Samples whose part on the pad is below ``min_pad_fraction`` carry no charge (see :func:`fade_in`)."""
     seg = pairs.segment[pair_rows]
     start = segments.start[seg]
     end = segments.end[seg]
@@ -252,20 +268,23 @@ def _sample_state(u, weight, pair_rows, pairs: Pairs, segments: SegmentState, pa
     delay, delay_variance = cloud_delay(mean_abs, mean_square)
     sigma_time = torch.sqrt(sigma_time ** 2 + delay_variance)
     charge = segments.n_electrons[seg] * weight * drift_stage.attenuation(t_drift, params) * on_pad
-    return charge, arrival + delay, sigma_time, amplitude, fast, slow
+    if min_pad_fraction > 0:
+        charge = charge * fade_in(on_pad, min_pad_fraction)
+    return charge, arrival + delay, sigma_time, amplitude, fast, slow, on_pad
 
 
 def _elements(plan: SamplePlan, lo: int, hi: int, part: int):
-    """Element layout of window ``part`` of samples [lo, hi): (local sample index, global tick, flat position)."""
+    """Element layout of window ``part`` of samples [lo, hi): (local sample index, tick within the sample's
+    window, flat position)."""
     counts = plan.n_ticks[lo:hi, part]
     n = int(counts.sum())
     device = counts.device
     owner = torch.repeat_interleave(torch.arange(hi - lo, device=device), counts, output_size=n)
     first = torch.cumsum(counts, 0) - counts
-    tick = plan.first_tick[lo:hi, part][owner] + (torch.arange(n, device=device) - first[owner])
-    pixel = plan.pixel_of_pair[plan.pair[lo:hi]][owner]
-    flat = plan.pixel_offset[pixel] + (tick - plan.pixel_start[pixel])
-    return owner, tick, flat
+    step = torch.arange(n, device=device) - first[owner]
+    pixel = plan.pixel_of_pair[plan.pair[lo:hi]]
+    flat = (plan.pixel_offset[pixel] + plan.first_tick[lo:hi, part] - plan.pixel_start[pixel])[owner] + step
+    return owner, step, flat
 
 
 def plan_diffusion(params: Params):
@@ -292,15 +311,16 @@ def exact_from(mu: torch.Tensor, sigma_time: torch.Tensor, scale: torch.Tensor) 
     return mu - sigma_time * (6.0 + sigma_time / scale)
 
 
-def tail_cuts(mu, sigma_time, amplitude, fast, slow, eps: float):
-    """Times [µs] where the fast and slow components' early tails fall below ``eps`` of the sample's charge
-    (−inf for the slow one when its weight is below eps); the tails are tapered to zero there."""
-    slow_weight = torch.clamp(1.0 - amplitude, min=0.0)
-    end_fast = exact_from(mu, sigma_time, fast)
-    end_slow = exact_from(mu, sigma_time, slow)
-    fast_cut = end_fast - fast * math.log(1.0 / eps)
-    slow_reach = slow * torch.log(torch.clamp(slow_weight, min=eps) / eps)
-    slow_cut = torch.where(slow_weight > eps, end_slow - slow_reach, torch.full_like(slow, -math.inf))
+def tail_cuts(mu, sigma_time, amplitude, fast, slow, eps: float, fraction=None):
+    """Times [µs] where the fast and slow components' early tails fall below ``eps`` of the charge of the
+    sample's node: reach s·log(1 + w/eps) before the exact region (w = fraction on the pad × the component's
+    weight), which is smooth in w and tends to 0 for a component carrying less than eps.  The tails are tapered
+    to zero at the cuts."""
+    fraction = torch.ones_like(mu) if fraction is None else fraction
+    fast_weight = torch.clamp(fraction * amplitude, min=0.0)
+    slow_weight = torch.clamp(fraction * (1.0 - amplitude), min=0.0)
+    fast_cut = exact_from(mu, sigma_time, fast) - fast * torch.log1p(fast_weight / eps)
+    slow_cut = exact_from(mu, sigma_time, slow) - slow * torch.log1p(slow_weight / eps)
     return fast_cut, slow_cut
 
 
@@ -322,28 +342,49 @@ def _chunk_charge(lo: int, hi: int, plan: SamplePlan, pairs: Pairs, segments: Se
     """Charge per tick [flat buffer] induced by samples [lo, hi).  ``grad_inputs`` only registers the tensors
     that carry gradients with the checkpoint; the computation reads them through the data carriers."""
     rows = plan.pair[lo:hi]
-    charge, mu, sigma_time, amplitude, fast, slow = _sample_state(
-        plan.u[lo:hi], plan.weight[lo:hi], rows, pairs, segments, params, detector)
+    charge, mu, sigma_time, amplitude, fast, slow, on_pad = _sample_state(
+        plan.u[lo:hi], plan.weight[lo:hi], rows, pairs, segments, params, detector, options.min_pad_fraction)
     shift = segments.time_shift[pairs.segment[rows]]
-    fast_cut, slow_cut = tail_cuts(mu, sigma_time, amplitude, fast, slow, options.tail_tolerance)
+    fast_cut, slow_cut = tail_cuts(mu, sigma_time, amplitude, fast, slow, options.tail_tolerance, on_pad)
     taper_width = options.tail_taper_ticks * detector.tick
+    tick_size = detector.tick
     values, positions = [], []
-    for part in range(3):
-        owner, tick, flat = _elements(plan, lo, hi, part)
+    # near the arrival: both components, exact smeared form (tapered in from their cuts where those lie within)
+    owner, j, flat = _elements(plan, lo, hi, 0)
+    if owner.numel():
+        t = (plan.first_tick[lo:hi, 0].to(mu.dtype) * tick_size + shift)[owner] + j.to(mu.dtype) * tick_size
+        m, s, a = mu[owner], sigma_time[owner], amplitude[owner]
+        response = a * smeared_truncated_exponential(t, m, s, fast[owner]) * tail_taper(t, fast_cut[owner], taper_width)
+        response = response + (1.0 - a) * smeared_truncated_exponential(t, m, s, slow[owner]) \
+            * tail_taper(t, slow_cut[owner], taper_width)
+        values.append(charge[owner] * tick_size * response)
+        positions.append(flat)
+    # early tails: pure exponentials, value_j = prefactor · exp(j · tick/s) from each window's first tick; the
+    # taper (< 1 only on a window's first ⌈taper_ticks⌉ ticks) enters as a correction on those ticks
+    head = int(math.ceil(options.tail_taper_ticks))
+    for part, scale, component, cut in ((1, fast, amplitude, fast_cut), (2, slow, 1.0 - amplitude, slow_cut)):
+        owner, j, flat = _elements(plan, lo, hi, part)
         if owner.numel() == 0:
             continue
-        t = tick.to(mu.dtype) * detector.tick + shift[owner]
-        m, s, a = mu[owner], sigma_time[owner], amplitude[owner]
-        if part == 0:     # near the arrival: both components, exact smeared form
-            response = a * smeared_truncated_exponential(t, m, s, fast[owner])
-            response = response + (1.0 - a) * smeared_truncated_exponential(t, m, s, slow[owner])
-        elif part == 1:   # early tail of the fast component, tapered in from its cut
-            response = a * exponential_tail(t, m, s, fast[owner]) * tail_taper(t, fast_cut[owner], taper_width)
-        else:             # early tail of the slow component, tapered in from its cut
-            cut = torch.where(torch.isfinite(slow_cut[owner]), slow_cut[owner], t - taper_width)
-            response = (1.0 - a) * exponential_tail(t, m, s, slow[owner]) * tail_taper(t, cut, taper_width)
-        values.append(charge[owner] * detector.tick * response)
+        t0 = plan.first_tick[lo:hi, part].to(mu.dtype) * tick_size + shift
+        exponent = (t0 - mu) / scale + 0.5 * (sigma_time / scale) ** 2
+        prefactor = charge * component * tick_size / scale * torch.exp(torch.clamp(exponent, max=0.0))
+        rate = tick_size / scale
+        values.append(prefactor[owner] * torch.exp(j.to(mu.dtype) * rate[owner]))
         positions.append(flat)
+        # taper corrections on the head ticks (j < head) of every window
+        count = plan.n_ticks[lo:hi, part]
+        steps = torch.arange(head, device=count.device)
+        inside = steps[None, :] < count[:, None]
+        sample_index, step = torch.nonzero(inside, as_tuple=True)
+        step_f = step.to(mu.dtype)
+        t_head = t0[sample_index] + step_f * tick_size
+        taper = tail_taper(t_head, cut[sample_index], taper_width)
+        head_value = prefactor[sample_index] * torch.exp(step_f * rate[sample_index])
+        values.append(head_value * (taper - 1.0))
+        pixel = plan.pixel_of_pair[rows[sample_index]]
+        positions.append(plan.pixel_offset[pixel] + (plan.first_tick[lo:hi, part][sample_index] + step
+                                                     - plan.pixel_start[pixel]))
     if not values:
         return charge.new_zeros(plan.buffer_size) + 0.0 * charge.sum()
     return scatter_sum(torch.cat(values), torch.cat(positions), plan.buffer_size, backend)
@@ -413,46 +454,52 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     u = torch.where(point_like[pair_of_sample], torch.zeros_like(u), u)
     weight = torch.where(point_like[pair_of_sample], torch.ones_like(u), 1.0 / n_nodes[seg][pair_of_sample])
     # tick window of each sample
-    charge, mu, sigma_time, amplitude, fast, slow = _sample_state(u, weight, pair_of_sample, pairs, segments,
-                                                                  detached, detector)
+    charge, mu, sigma_time, amplitude, fast, slow, on_pad = _sample_state(u, weight, pair_of_sample, pairs,
+                                                                          segments, detached, detector)
     # Tick windows.  Near the arrival (from where either component's pure-exponential form stops being exact,
     # t > μ − σ(6 + σ/s), to μ + n_late·σ) both components are evaluated exactly; before that each component's tail is
-    # a pure exponential, evaluated until it falls below tail_tolerance (relative to the sample's charge).
+    # a pure exponential, evaluated until it falls below tail_tolerance (relative to the charge of the sample's node).
     eps = options.tail_tolerance
     shift = segments.time_shift.detach()[pairs.segment[pair_of_sample]]
     earliest = segments.first_tick[pairs.segment[pair_of_sample]]
     near_start = torch.minimum(exact_from(mu, sigma_time, fast), exact_from(mu, sigma_time, slow))
     near_first = torch.floor((near_start - shift) / detector.tick).long() + 1
     near_last = torch.floor((mu + options.n_sigma_late * sigma_time - shift) / detector.tick).long()
-    fast_cut, slow_cut = tail_cuts(mu, sigma_time, amplitude, fast, slow, eps)
+    fast_cut, slow_cut = tail_cuts(mu, sigma_time, amplitude, fast, slow, eps, on_pad)
     fast_first = torch.ceil((fast_cut - shift) / detector.tick).long()
-    slow_first = torch.where(torch.isfinite(slow_cut), torch.ceil((slow_cut - shift) / detector.tick),
-                             (near_first + 1).to(dtype)).long()
+    slow_first = torch.ceil((slow_cut - shift) / detector.tick).long()
     first_tick = torch.stack([near_first, fast_first, slow_first], dim=1)
     last_tick = torch.stack([near_last, near_first - 1, near_first - 1], dim=1)
     first_tick = torch.maximum(first_tick, earliest[:, None])
     n_ticks = torch.clamp(last_tick - first_tick + 1, min=0)
-    # samples without charge (outside the pad's Gaussian reach) or without ticks are dropped
-    keep = (n_ticks.sum(dim=1) > 0) & (charge != 0)
-    pair_of_sample, u, weight = pair_of_sample[keep], u[keep], weight[keep]
-    first_tick, n_ticks, last_tick = first_tick[keep], n_ticks[keep], last_tick[keep]
+    # Samples without charge (outside the pad's Gaussian reach) or without ticks are dropped.  The pixel windows'
+    # ends and the trigger horizon (pixel_horizon) are taken over all the others, so that they do not step when
+    # a sample's part on the pad crosses min_pad_fraction; only samples above it are evaluated.
+    present = (n_ticks.sum(dim=1) > 0) & (charge != 0)
+    evaluated = present & (on_pad > options.min_pad_fraction)
     big = torch.iinfo(torch.long).max
+    pixel_all = pixel_of_pair[pair_of_sample[present]]
+    hi = torch.full((n_pixels,), -big, dtype=torch.long, device=device).scatter_reduce(
+        0, pixel_all, near_last[present], "amax")
+    horizon_samples = (pair_of_sample[present], u[present], weight[present])
+    pair_of_sample, u, weight = pair_of_sample[evaluated], u[evaluated], weight[evaluated]
+    first_tick, n_ticks, last_tick = first_tick[evaluated], n_ticks[evaluated], last_tick[evaluated]
     used = n_ticks > 0
     first_tick_any = torch.where(used, first_tick, torch.full_like(first_tick, big)).amin(dim=1)
-    last_tick_any = torch.where(used, last_tick, torch.full_like(last_tick, -big)).amax(dim=1)
     # pixel windows: one leading empty tick (for the discriminator) and 19 trailing ones (integration end)
     pixel = pixel_of_pair[pair_of_sample]
     lo = torch.full((n_pixels,), big, dtype=torch.long, device=device).scatter_reduce(0, pixel, first_tick_any, "amin")
-    hi = torch.full((n_pixels,), -big, dtype=torch.long, device=device).scatter_reduce(0, pixel, last_tick_any, "amax")
-    empty = lo == big
-    lo = torch.where(empty, torch.zeros_like(lo), lo)
-    hi = torch.where(empty, torch.zeros_like(hi), hi)
+    no_samples = hi == -big
+    hi = torch.where(no_samples, torch.zeros_like(hi), hi)
+    lo = torch.where(lo == big, hi, lo)
     pixel_start = lo - 1
     pixel_width = hi - pixel_start + 1 + 19
     pixel_offset = torch.cumsum(pixel_width, 0) - pixel_width
     return SamplePlan(pair=pair_of_sample, u=u, weight=weight, first_tick=first_tick, n_ticks=n_ticks,
                       pixel_of_pair=pixel_of_pair, pixel_start=pixel_start, pixel_width=pixel_width,
-                      pixel_offset=pixel_offset, buffer_size=int(pixel_width.sum()))
+                      pixel_offset=pixel_offset, buffer_size=int(pixel_width.sum()),
+                      horizon_pair=horizon_samples[0], horizon_u=horizon_samples[1],
+                      horizon_weight=horizon_samples[2])
 
 
 def chunk_bounds(n_ticks: torch.Tensor, max_elements: int):
@@ -476,13 +523,21 @@ def chunk_bounds(n_ticks: torch.Tensor, max_elements: int):
     return bounds
 
 
+#: Bytes per (sample, tick) element, in units of the float size, that the graph of the induction holds for
+#: backward when its chunks are not checkpointed (measured: 7.1e6 elements, float64, +0.76 GB peak RSS).
+GRAPH_FLOATS_PER_ELEMENT = 16
+
+
 def induce(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segments: SegmentState, params: Params,
            detector: Detector, options: Optional[InductionOptions] = None, max_elements: int = 2_000_000,
-           checkpoint: Optional[bool] = None, backend: str = "torch", progress=None):
+           checkpoint: Optional[bool] = None, backend: str = "torch", progress=None,
+           graph_budget: Optional[int] = None):
     """Flat per-pixel-window charge buffer (electrons per tick) and the plan describing its layout.
 
-    Samples are processed in chunks of at most ``max_elements`` (sample, tick) elements; with gradients each
-    chunk is wrapped in ``torch.utils.checkpoint`` so backward holds one chunk's intermediates at a time.
+    Samples are processed in chunks of at most ``max_elements`` (sample, tick) elements.  With gradients each
+    chunk is wrapped in ``torch.utils.checkpoint`` (backward then holds one chunk's intermediates at a time and
+    recomputes the chunk) when ``checkpoint`` is True, or when it is None and the graph of all chunks would
+    exceed ``graph_budget`` bytes (None: always).
     """
     options = options or InductionOptions()
     plan = plan_samples(pairs, pixel_of_pair, n_pixels, segments, params, detector, options)
@@ -491,6 +546,9 @@ def induce(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segments: S
     grad_inputs = [t for t in (segments.start, segments.end, segments.n_electrons, segments.t_start,
                                segments.t_end, *[getattr(params, n) for n in params.names()]) if t.requires_grad]
     use_checkpoint = (torch.is_grad_enabled() and bool(grad_inputs)) if checkpoint is None else checkpoint
+    if checkpoint is None and use_checkpoint and graph_budget is not None:
+        itemsize = torch.finfo(dtype).bits // 8
+        use_checkpoint = plan.n_elements * GRAPH_FLOATS_PER_ELEMENT * itemsize > graph_budget
     buffer = torch.zeros(plan.buffer_size, dtype=dtype, device=device)
     bounds = chunk_bounds(plan.n_ticks.sum(dim=1), max_elements)
     for lo, hi in bounds:
@@ -512,12 +570,15 @@ def pixel_horizon(plan: SamplePlan, pairs: Pairs, segments: SegmentState, params
     the number of ticks in which noise may trigger on a residual charge does not step with the parameters."""
     n_pixels = plan.pixel_width.numel()
     dtype = segments.start.dtype
-    if plan.pair.numel() == 0:
+    pair = plan.pair if plan.horizon_pair is None else plan.horizon_pair
+    u = plan.u if plan.horizon_u is None else plan.horizon_u
+    weight = plan.weight if plan.horizon_weight is None else plan.horizon_weight
+    if pair.numel() == 0:
         return torch.full((n_pixels,), -1.0, dtype=dtype, device=segments.start.device)
-    _, mu, sigma_time, _, _, _ = _sample_state(plan.u, plan.weight, plan.pair, pairs, segments, params, detector)
-    shift = segments.time_shift[pairs.segment[plan.pair]]
+    _, mu, sigma_time, _, _, _, _ = _sample_state(u, weight, pair, pairs, segments, params, detector)
+    shift = segments.time_shift[pairs.segment[pair]]
     last = (mu + options.n_sigma_late * sigma_time - shift) / detector.tick
-    pixel = plan.pixel_of_pair[plan.pair]
+    pixel = plan.pixel_of_pair[pair]
     horizon = torch.full((n_pixels,), -1e30, dtype=dtype, device=last.device).scatter_reduce(
         0, pixel, last, "amax", include_self=False)
     # ∈ [W − 2, W − 1): the partially exposed column is always inside the window (W = hi − start + 20)

@@ -37,7 +37,7 @@ BYTES_PER_ELEMENT_FLOATS = 40
 #: On CPU, chunks larger than this many elements only add allocation cost (page faults of fresh large tensors):
 #: measured on the mixed sample, a 2 GB budget ran 2.2× slower than chunks of ~1.5e5 elements (11 s of system
 #: time vs 0.3 s).  The memory budget still bounds every chunk from above.
-CPU_CHUNK_ELEMENTS = 2 ** 17
+CPU_CHUNK_ELEMENTS = 2 ** 19
 
 
 def parse_memory(budget: Union[str, int, float]) -> int:
@@ -116,7 +116,9 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     ``mode``: ``relaxed`` (the expectation of the hard front end over its noise: smooth, every readout with the
     probability that it exists in ``hits.weight``), ``hard`` (larnd-sim's integer front end; with ``noise`` this
     is how data are simulated) or ``reference`` (the differentiable reference model's front end, for parity).
-    ``memory_budget``: bytes (or '2GB') for the largest chunk of work; the computation is split accordingly.
+    ``memory_budget``: bytes (or '2GB') for the largest chunk of work; the computation is split accordingly.  With
+    gradients, the induction keeps its graph for backward (instead of recomputing it chunk by chunk) when that
+    graph takes at most half the budget (over all clock phases).
     ``noise``/``seed``: electronics noise from a seeded generator (reproducible).
     The work runs on ``params``' device and dtype; segments are moved there.
     Segments outside every drift volume carry no charge; their number is in ``hits.n_skipped_segments`` and a
@@ -198,7 +200,7 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         (phase_buffer, phase_plan, adc, crossing, valid, weight, adc_variance, crossing_variance,
          crossing_covariance, phase_overflow) = _phase_readouts(
             pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise, generator,
-            max_elements, checkpoint, backend, progress)
+            max_elements, checkpoint, backend, progress, graph_budget=budget // (2 * phases))
         time = (phase_plan.pixel_start.to(dtype)[:, None] + crossing) * detector.tick + phase
         time_variance = crossing_variance * detector.tick ** 2
         covariance = crossing_covariance * detector.tick
@@ -278,7 +280,7 @@ def _warn_capped(overflow: Optional[torch.Tensor], mode: str, max_readouts: int)
 
 
 def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise,
-                    generator, max_elements, checkpoint, backend, progress):
+                    generator, max_elements, checkpoint, backend, progress, graph_budget=None):
     """Induction and electronics on one sampling grid (``state.time_shift``): (buffer, plan, adc, crossing,
     valid, weight, adc_variance, crossing_variance, adc_crossing_covariance, overflow), seven [U, R], the crossing
     in columns of each pixel's window (moments: relaxed mode only, else 0); ``overflow`` [U]: readouts past the
@@ -291,7 +293,7 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
         bar = tqdm(desc="induction", unit="sample", leave=False)
         callback = bar.update
     buffer, plan = induce(pairs, pixel_of_pair, n_pixels, state, params, detector, options, max_elements,
-                          checkpoint, backend, callback)
+                          checkpoint, backend, callback, graph_budget=graph_budget)
     if bar is not None:
         bar.close()
     # electronics, in groups of pixels of similar window width

@@ -126,8 +126,9 @@ def test_waveform_time_moments_match_independent_model(simulated):
     charge = waves.charge.detach().numpy()
     time = (waves.start_tick.numpy()[:, None] + np.arange(charge.shape[1])[None]) * detector.tick
     total = charge.sum(1)
-    centroid = (charge * time).sum(1) / total
-    variance = (charge * (time - centroid[:, None]) ** 2).sum(1) / total
+    with np.errstate(invalid="ignore", divide="ignore"):   # pixels whose pairs carry no charge are not selected
+        centroid = (charge * time).sum(1) / total
+        variance = (charge * (time - centroid[:, None]) ** 2).sum(1) / total
     table = waves.pixel_table.numpy()
     assert (table[:, 1] == 0).all()
     pixel_x, pixel_y = detector.pixel_centers(table[:, 1], table[:, 2], table[:, 3])
