@@ -545,6 +545,9 @@ class Fitter:
                                         stopped_by_wall=bool(getattr(self, "stopped_by_wall", False)),
                                         polish=polish, iterations_planned=cfg.iterations)
         warn = convergence["warnings"] + warn
+        forward_notes = getattr(self.forward, "notes", None)
+        if callable(forward_notes):
+            warn = warn + list(forward_notes())
         fitted = ps.physical_values(leaves)
         result = {
             "params": {s.name: {"initial": self.initial_values[s.name],

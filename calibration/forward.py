@@ -6,8 +6,12 @@ Any callable works; ``noise``/``seed`` are passed only when its signature accept
 from __future__ import annotations
 
 import inspect
+import warnings
 import torch
-from typing import Callable, Optional
+from typing import Callable, Dict, List, Optional
+
+#: the words that mark sparsetpc.simulate's readout-cap warning
+_CAP_WARNING = "would fire more than max_readouts"
 
 
 def accepts(fn: Callable, name: str) -> bool:
@@ -43,6 +47,7 @@ class SimForward:
         self.mode = mode
         self.return_waveforms = return_waveforms
         self.clock_phases = clock_phases          # relaxed mode: FrontEnd.clock_phases (None: its default)
+        self.capped: Dict[tuple, str] = {}        # events → the last readout-cap warning simulate gave for them
 
     def __call__(self, params, segments, noise: bool = False, seed: Optional[int] = None):
         mode = self.mode
@@ -57,7 +62,33 @@ class SimForward:
         if self.clock_phases is not None:
             from sparsetpc.electronics import FrontEnd
             kwargs["front_end"] = FrontEnd(tick=self.detector.tick, clock_phases=int(self.clock_phases))
-        return self._simulate(segments, self.detector, params, **kwargs)
+        # a fit simulates the same events hundreds of times: the readout-cap warning is shown once per set of
+        # events (and summarised by notes()); every other warning passes through
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hits = self._simulate(segments, self.detector, params, **kwargs)
+        events = tuple(sorted(set(int(e) for e in torch.unique(segments.event_id).tolist()))) \
+            if hasattr(segments, "event_id") else ()
+        for item in caught:
+            message = str(item.message)
+            if _CAP_WARNING in message:
+                first = events not in self.capped
+                self.capped[events] = message
+                if not first:
+                    continue
+                message = f"events {list(events)}: {message} (shown once per event set in a fit)"
+                warnings.warn(message, item.category, stacklevel=2)
+            else:
+                warnings.warn_explicit(item.message, item.category, item.filename, item.lineno)
+        return hits
+
+    def notes(self) -> List[str]:
+        """Warnings for the fit's result: the events in which pixels hit the readout cap."""
+        if not self.capped:
+            return []
+        events = sorted(e for key in self.capped for e in key)
+        return [f"readout cap: in events {events} pixels would fire more than max_readouts readouts (larnd-sim "
+                "drops them, so does the model); last message: " + list(self.capped.values())[-1]]
 
     def describe(self) -> dict:
         return {"forward": "sparsetpc.simulate", "memory_budget": self.memory_budget, "mode": self.mode,

@@ -109,12 +109,17 @@ def smeared_truncated_exponential(t: torch.Tensor, mu: torch.Tensor, sigma: torc
 
 
 def _normal_interval(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Φ(b) − Φ(a) for a ≤ b, without cancellation when both are in the same tail."""
-    ra, rb = a / _SQRT2, b / _SQRT2
-    right = 0.5 * (torch.erfc(torch.clamp(ra, min=0.0)) - torch.erfc(torch.clamp(rb, min=0.0)))
-    left = 0.5 * (torch.erfc(torch.clamp(-rb, min=0.0)) - torch.erfc(torch.clamp(-ra, min=0.0)))
-    middle = 0.5 * (torch.erf(rb) - torch.erf(ra))
-    return torch.where(a > 0, right, torch.where(b < 0, left, middle))
+    """Φ(b) − Φ(a) for a ≤ b, without cancellation when both are in the same tail (two erfc evaluations).
+
+    Mirrored so that the interval's lower end x = a (or −b when b < 0, both in the left tail) is the one nearer
+    0: for x > 0 (one tail) Φ(y) − Φ(x) = ½(erfc(x/√2) − erfc(y/√2)); otherwise x ≤ 0 ≤ y and
+    Φ(y) − Φ(x) = 1 − ½erfc(|x|/√2) − ½erfc(y/√2)."""
+    mirrored = b < 0
+    x = torch.where(mirrored, -b, a) / _SQRT2
+    y = torch.where(mirrored, -a, b) / _SQRT2
+    near = torch.special.erfc(x.abs())
+    far = torch.special.erfc(y)
+    return torch.where(x > 0, 0.5 * (near - far), 1.0 - 0.5 * (near + far))
 
 
 def pad_cloud(position: torch.Tensor, center: torch.Tensor, half_pitch: float, sigma: torch.Tensor):

@@ -142,3 +142,35 @@ def test_chi2_loss_through_the_simulator(example):
     differences = np.asarray(differences)
     assert abs(differences.mean()) < 3 * differences.std() / np.sqrt(len(differences)) + 0.05, differences.mean()
     assert 0.5 < float(np.mean(per_readout)) < 15.0, per_readout
+
+
+def test_sim_forward_shows_the_readout_cap_warning_once_per_event_set_and_notes_it():
+    """A fit simulates the same events hundreds of times: the cap warning appears once per event set, other
+    warnings pass through every time, and notes() names the events for the result's warnings."""
+    import warnings
+    import torch
+    from types import SimpleNamespace
+    from calibration.forward import SimForward
+
+    def fake_simulate(segments, detector, params, **kwargs):
+        warnings.warn("an expected 2.00 pixel(s) (2 with probability ≥ 0.5) would fire more than max_readouts=10 "
+                      "readouts: readouts past the 10th are dropped", UserWarning)
+        warnings.warn("something else", RuntimeWarning)
+        return "hits"
+
+    forward = SimForward(detector=object())
+    forward._simulate = fake_simulate
+    first = SimpleNamespace(event_id=torch.tensor([4, 4, 7]))
+    second = SimpleNamespace(event_id=torch.tensor([9]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert forward(None, first) == "hits"
+        forward(None, second)
+    cap = [str(w.message) for w in caught if "max_readouts" in str(w.message)]
+    other = [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(cap) == 2 and cap[0].startswith("events [4, 7]:") and cap[1].startswith("events [9]:")
+    assert len(other) == 4
+    notes = forward.notes()
+    assert len(notes) == 1 and "[4, 7, 9]" in notes[0]
+    assert SimForward(detector=object()).notes() == []
