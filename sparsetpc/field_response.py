@@ -367,7 +367,7 @@ def square_pad_potential(x, y, z, pitch: float):
     return total / (2.0 * np.pi)
 
 
-def gap_pad_potential(x, y, z, pitch: float, gap: float, n_images: int = 400):
+def gap_pad_potential(x, y, z, pitch: float, gap: float, n_images: int = 60):
     """Weighting potential of the square pad in a parallel-plate gap: pad plane at z = 0 and a grounded plane
     at z = ``gap`` (method of images: Σ_n [φ∞(z + 2n·gap) − φ∞(2(n+1)·gap − z)]); exactly 0 at z = gap."""
     z = np.clip(z, 1e-12, gap)
@@ -397,7 +397,7 @@ def weighting_field_response_table(velocity: float = 0.1587, bin_size: float = L
     xx, yy = np.meshgrid(centres, centres, indexing="ij")
     edges = np.append(tau - 0.5 * sampling, tau[-1] + 0.5 * sampling)          # µs from the arrival
     height = np.clip(-edges * velocity, 0.0, gap)                               # cm above the anode
-    potential = np.stack([gap_pad_potential(xx, yy, np.full_like(xx, h), pitch) for h in height], axis=2)
+    potential = np.stack([gap_pad_potential(xx, yy, np.full_like(xx, h), pitch, gap) for h in height], axis=2)
     potential[:, :, -1] = ((np.abs(xx) < pitch / 2) & (np.abs(yy) < pitch / 2)).astype(float)   # at the anode
     potential[:, :, 0] = 0.0                                                                       # at the top plane
     values = np.diff(potential, axis=2) / sampling
