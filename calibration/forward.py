@@ -33,7 +33,7 @@ class SimForward:
     """``sparsetpc.simulate`` with a fixed detector, memory budget and mode."""
 
     def __init__(self, detector=None, memory_budget=None, mode: str = "relaxed", return_waveforms: bool = False,
-                 clock_phases: Optional[int] = None):
+                 clock_phases: Optional[int] = None, response=None):
         import sparsetpc as st
         if not hasattr(st, "simulate"):
             raise RuntimeError("sparsetpc.simulate is not available in this checkout")
@@ -43,6 +43,7 @@ class SimForward:
         self.mode = mode
         self.return_waveforms = return_waveforms
         self.clock_phases = clock_phases          # relaxed mode: FrontEnd.clock_phases (None: its default)
+        self.response = response                  # None/'analytic' or a field-response table (sparsetpc.field_response)
 
     def __call__(self, params, segments, noise: bool = False, seed: Optional[int] = None):
         mode = self.mode
@@ -57,8 +58,12 @@ class SimForward:
         if self.clock_phases is not None:
             from sparsetpc.electronics import FrontEnd
             kwargs["front_end"] = FrontEnd(tick=self.detector.tick, clock_phases=int(self.clock_phases))
+        if self.response is not None and not (isinstance(self.response, str) and self.response == "analytic"):
+            kwargs["response"] = self.response
         return self._simulate(segments, self.detector, params, **kwargs)
 
     def describe(self) -> dict:
         return {"forward": "sparsetpc.simulate", "memory_budget": self.memory_budget, "mode": self.mode,
-                "return_waveforms": self.return_waveforms, "clock_phases": self.clock_phases}
+                "return_waveforms": self.return_waveforms, "clock_phases": self.clock_phases,
+                **({} if self.response is None or isinstance(self.response, str)
+                   else {"response": getattr(self.response, "source", "table")})}
