@@ -164,9 +164,9 @@ class TestInterpolation:
         x = (i + 0.5) * 0.05 * torch.where(torch.arange(72) % 2 == 0, 1.0, -1.0).double()
         y = (j + 0.5) * 0.05
         tau = k * 0.1 - 0.55
-        tiny = torch.full_like(tau, 1e-9)
+        tiny = torch.full_like(tau, 1e-12)         # the smoothing of a node kink is O(σ/h)
         got = interpolate_response(table, x, y, tau, tiny, tiny)
-        assert torch.allclose(got, table.values.flatten(), atol=1e-12, rtol=0)
+        assert torch.allclose(got, table.values.flatten(), atol=1e-9, rtol=0)
 
     @pytest.mark.parametrize("x,y,tau,sigma_x,sigma_t", [(0.01, 0.2, -1.3, 0.02, 0.12), (0.21, 0.05, -0.05, 0.05, 0.03),
                                                          (0.3, 0.0, -2.0, 0.01, 0.3)])
