@@ -124,6 +124,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clock-phases", type=int, default=None, metavar="K",
                    help="relaxed mode: average the front end over K clock phases (default 3: smooth at every step "
                         "size; 1 is 3x faster, smooth from relative steps of 1e-4 down)")
+    from sparsetpc.cli.main import add_response_options
+    add_response_options(g)
     g.add_argument("--device", default="cpu")
     g.add_argument("--dtype", choices=sorted(DTYPES), default="float64")
     g.add_argument("--out", required=True, help="output directory")
@@ -411,8 +413,10 @@ def _data(args, dtype, device, events=None, target_format=None):
     if args.ntracks is not None and args.ntracks > available:
         raise UsageError(f"--ntracks {args.ntracks}: only {available} {unit}(s) pass the selection in {args.input}")
     batches = segment_batches(segs, args.ntracks, args.tracks_per_batch, args.track_seed, group)
+    from sparsetpc.cli.main import response_from_arguments
+    response = response_from_arguments(args)
     forward = SimForward(memory_budget=args.memory_budget, mode=args.mode, return_waveforms=args.loss == "mse",
-                         clock_phases=args.clock_phases)
+                         clock_phases=args.clock_phases, response=response)
     if target_format == "packets":
         from .targets import WrittenChannelsForward
         forward = WrittenChannelsForward(forward, _layout(args))
@@ -423,6 +427,7 @@ def _data(args, dtype, device, events=None, target_format=None):
             "input_sha256": file_digest(args.input)["sha256"],
             "ntracks": args.ntracks, "track_seed": args.track_seed, "group": group, "no_cuts": args.no_cuts,
             "cuts": dataclasses.asdict(cuts), "units_available": available,
+            **({} if args.response == "analytic" else {"response": file_digest(args.response)["sha256"]}),
             "events": None if events is None else list(events),
             "units": [[list(key) for key in batch.keys] for batch in batches],     # (eventID, trackID|-1) per batch
             "segments": int(sum(len(batch.data) for batch in batches))}            # simulated, after the selection

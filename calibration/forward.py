@@ -37,7 +37,7 @@ class SimForward:
     """``sparsetpc.simulate`` with a fixed detector, memory budget and mode."""
 
     def __init__(self, detector=None, memory_budget=None, mode: str = "relaxed", return_waveforms: bool = False,
-                 clock_phases: Optional[int] = None):
+                 clock_phases: Optional[int] = None, response=None):
         import sparsetpc as st
         if not hasattr(st, "simulate"):
             raise RuntimeError("sparsetpc.simulate is not available in this checkout")
@@ -48,6 +48,7 @@ class SimForward:
         self.return_waveforms = return_waveforms
         self.clock_phases = clock_phases          # relaxed mode: FrontEnd.clock_phases (None: its default)
         self.capped: Dict[tuple, str] = {}        # events → the last readout-cap warning simulate gave for them
+        self.response = response                  # None/'analytic' or a field-response table (sparsetpc.field_response)
 
     def __call__(self, params, segments, noise: bool = False, seed: Optional[int] = None):
         mode = self.mode
@@ -62,6 +63,8 @@ class SimForward:
         if self.clock_phases is not None:
             from sparsetpc.electronics import FrontEnd
             kwargs["front_end"] = FrontEnd(tick=self.detector.tick, clock_phases=int(self.clock_phases))
+        if self.response is not None and not (isinstance(self.response, str) and self.response == "analytic"):
+            kwargs["response"] = self.response
         # a fit simulates the same events hundreds of times: the readout-cap warning is shown once per set of
         # events (and summarised by notes()); every other warning passes through
         with warnings.catch_warnings(record=True) as caught:
@@ -92,4 +95,6 @@ class SimForward:
 
     def describe(self) -> dict:
         return {"forward": "sparsetpc.simulate", "memory_budget": self.memory_budget, "mode": self.mode,
-                "return_waveforms": self.return_waveforms, "clock_phases": self.clock_phases}
+                "return_waveforms": self.return_waveforms, "clock_phases": self.clock_phases,
+                **({} if self.response is None or isinstance(self.response, str)
+                   else {"response": getattr(self.response, "source", "table")})}

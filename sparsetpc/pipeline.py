@@ -22,6 +22,9 @@ from .exceptions import InputFormatError, MemoryBudgetError
 from .hits import Hits
 from .induction import (InductionOptions, SegmentState, association_diffusion, induce, pixel_horizon,
                         to_waveforms)
+from .induction_table import TableOptions, induce_table, table_horizon
+from .induction_table import association_margin as table_margin
+from .field_response import resolve_response
 from .params import Params
 from .pixels import associate
 from .quenching import quench
@@ -110,7 +113,8 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
              mode: str = "relaxed", memory_budget: Union[str, int] = "2GB", quenching: str = "birks",
              noise: bool = False, seed: Optional[int] = None, return_waveforms: bool = False,
              options: Optional[InductionOptions] = None, front_end: Optional[FrontEnd] = None,
-             backend: str = "torch", checkpoint: Optional[bool] = None, progress: bool = False) -> Hits:
+             backend: str = "torch", checkpoint: Optional[bool] = None, progress: bool = False,
+             response=None) -> Hits:
     """Simulate the LArPix readout of ``segments`` (z = drift axis) for ``params``.
 
     ``mode``: ``relaxed`` (the expectation of the hard front end over its noise: smooth, every readout with the
@@ -127,12 +131,19 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     would fire more): hard mode counts the readouts past the cap, relaxed mode the probability of a readout past it
     (the weight of the slot after the last); ``hits.n_capped_pixels`` holds the number of pixels that hit the cap
     (relaxed: its expectation) and one warning per call says how many (reference mode is not counted).
+    ``response``: the pad response, ``None``/``"analytic"`` (physics.md §2.5, the default) or a
+    :class:`~sparsetpc.field_response.ResponseTable` (larnd-sim's look-up table, neighbour induction included;
+    :mod:`sparsetpc.induction_table`).
     """
     detector = detector or Detector.default()
     params = params or Params.nominal()
     params.validate()
     front_end = front_end or FrontEnd(tick=detector.tick)
     options = options or InductionOptions()
+    table = resolve_response(response)
+    if table is not None and options.reference_time_axis:
+        raise ValueError("reference_time_axis reproduces the analytic reference model; it does not apply to a "
+                         "response table")
     check_mode(mode, noise)
     if len(segments) == 0:
         raise InputFormatError("no segments to simulate (empty input)")
@@ -167,6 +178,8 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         margin_velocity, margin_tran = association_diffusion(params)
         sigma_far = drift_stage.diffusion_sigma(far, margin_velocity, margin_tran)
         margin = options.n_sigma_pad * sigma_far
+        if table is not None:           # the table's reach: neighbouring pixels included
+            margin = table_margin(segments.start, segments.end, drifted.z_anode, params, detector, table, TableOptions())
     pairs = associate(segments.start.detach(), segments.end.detach(), drifted.plane, margin, detector)
     pixel_table, pixel_of_pair = _pixel_table(pairs, segments, detector)
     n_pixels = pixel_table.shape[0]
@@ -200,7 +213,7 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         (phase_buffer, phase_plan, adc, crossing, valid, weight, adc_variance, crossing_variance,
          crossing_covariance, phase_overflow) = _phase_readouts(
             pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise, generator,
-            max_elements, checkpoint, backend, progress, graph_budget=budget // (2 * phases))
+            max_elements, checkpoint, backend, progress, table, graph_budget=budget // (2 * phases))
         time = (phase_plan.pixel_start.to(dtype)[:, None] + crossing) * detector.tick + phase
         time_variance = crossing_variance * detector.tick ** 2
         covariance = crossing_covariance * detector.tick
@@ -280,7 +293,7 @@ def _warn_capped(overflow: Optional[torch.Tensor], mode: str, max_readouts: int)
 
 
 def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise,
-                    generator, max_elements, checkpoint, backend, progress, graph_budget=None):
+                    generator, max_elements, checkpoint, backend, progress, table=None, graph_budget=None):
     """Induction and electronics on one sampling grid (``state.time_shift``): (buffer, plan, adc, crossing,
     valid, weight, adc_variance, crossing_variance, adc_crossing_covariance, overflow), seven [U, R], the crossing
     in columns of each pixel's window (moments: relaxed mode only, else 0); ``overflow`` [U]: readouts past the
@@ -292,8 +305,12 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
         from tqdm.auto import tqdm
         bar = tqdm(desc="induction", unit="sample", leave=False)
         callback = bar.update
-    buffer, plan = induce(pairs, pixel_of_pair, n_pixels, state, params, detector, options, max_elements,
-                          checkpoint, backend, callback, graph_budget=graph_budget)
+    if table is None:
+        buffer, plan = induce(pairs, pixel_of_pair, n_pixels, state, params, detector, options, max_elements,
+                              checkpoint, backend, callback, graph_budget=graph_budget)
+    else:
+        buffer, plan = induce_table(pairs, pixel_of_pair, n_pixels, state, params, detector, table, None,
+                                    max_elements, checkpoint, backend, callback)
     if bar is not None:
         bar.close()
     # electronics, in groups of pixels of similar window width
@@ -307,7 +324,10 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
     crossing_variance = buffer.new_zeros((n_pixels, readouts))
     covariance = buffer.new_zeros((n_pixels, readouts))
     overflow = buffer.new_zeros(n_pixels).detach()
-    horizon = pixel_horizon(plan, pairs, state, params, detector, options) if (mode == "relaxed" and n_pixels) else None
+    horizon = None
+    if mode == "relaxed" and n_pixels:
+        horizon = (pixel_horizon(plan, pairs, state, params, detector, options) if table is None
+                   else table_horizon(plan, pairs, state, params, detector, table))
     if n_pixels:
         # the relaxed front end holds [rows, width, quadrature nodes] temporaries
         per_element = 4 * (max(1, front_end.quadrature_nodes) if mode == "relaxed" else 1)

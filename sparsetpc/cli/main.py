@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--strict", action="store_true",
                      help="stop at the first event that fails (default: name it on stderr, skip it, write the others)")
     sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_response_options(sim)
 
     ex = sub.add_parser("example", parents=[common], help="write seeded example tracks in edep-sim format")
     ex.add_argument("-o", "--output", required=True)
@@ -70,7 +71,61 @@ def _parser() -> argparse.ArgumentParser:
                     help="--kind steep: range of the drift extent |Δx| in cm, at most 29 (default 15 27)")
     ex.add_argument("--step", type=float, default=None,
                     help="segment (step) length in cm (default 0.5 for --kind mixed, jittered; 0.4 for --kind steep)")
+    table = sub.add_parser("response-table", parents=[common],
+                           help="write a field-response table in larnd-sim's format (.npy, or .npz with its settings)")
+    table.add_argument("-o", "--output", required=True, help="output .npy (larnd-sim) or .npz (with bin size, "
+                       "sampling and time window)")
+    table.add_argument("--model", default="analytic", choices=["analytic", "weighting-field"],
+                       help="analytic: the pad response of physics.md §2.5 (collection only); weighting-field: "
+                            "Shockley–Ramo current of a square pad in a parallel-plate gap (bipolar neighbours)")
+    table.add_argument("--bin-size", type=float, default=0.04434, help="transverse bin [cm] (default 0.04434)")
+    table.add_argument("--sampling", type=float, default=0.1, help="time bin [µs]; must divide 0.1 (default 0.1)")
+    table.add_argument("--neighbours", type=int, default=None,
+                       help="pitches covered beyond the pad (default 0 for analytic, 2 for weighting-field)")
+    table.add_argument("--velocity", type=float, default=0.1587, help="drift velocity the table is made for [cm/µs]")
+    table.add_argument("--gap", type=float, default=2.0, help="weighting-field: height of the grounded plane [cm]")
     return parser
+
+
+def add_response_options(parser) -> None:
+    """The ``--response`` options (shared by ``sparsetpc simulate`` and ``python -m calibration fit``)."""
+    parser.add_argument("--response", default="analytic",
+                        help="pad response: 'analytic' (default) or a larnd-sim field-response table (.npy/.npz)")
+    parser.add_argument("--response-bin-size", type=float, default=None,
+                        help="table transverse bin [cm] (default: the detector YAML's response_bin_size, else 0.04434)")
+    parser.add_argument("--response-sampling", type=float, default=None,
+                        help="table time bin [µs] (default: the detector YAML's response_sampling, else 0.1)")
+    parser.add_argument("--response-time-window", type=float, default=None,
+                        help="table window before the arrival [µs] (default: the detector YAML's time_window, "
+                             "else the table's length)")
+    parser.add_argument("--response-interpolation", default="linear", choices=["linear", "nearest"],
+                        help="linear (smooth, differentiable) or nearest (larnd-sim's lookup, for comparisons)")
+
+
+def response_from_arguments(args, detector_yaml=None):
+    """The ``response`` argument of ``st.simulate`` from the ``--response`` options: 'analytic' or a
+    ResponseTable (settings: explicit options, then the detector YAML's keys, then the file's, then defaults)."""
+    from sparsetpc.field_response import load_response_table, response_settings_from_yaml
+    if args.response == "analytic":
+        given = [name for name in ("response_bin_size", "response_sampling", "response_time_window")
+                 if getattr(args, name) is not None]
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --response TABLE.npy")
+        return "analytic"
+    for name in ("response_bin_size", "response_sampling", "response_time_window"):
+        value = getattr(args, name)
+        if value is not None and not (np.isfinite(value) and value > 0):
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value:g}")
+    settings = response_settings_from_yaml(detector_yaml) if detector_yaml else {}
+    for key, name in (("bin_size", "response_bin_size"), ("sampling", "response_sampling"),
+                      ("time_window", "response_time_window")):
+        if getattr(args, name) is not None:
+            settings[key] = getattr(args, name)
+    table = load_response_table(args.response, interpolation=args.response_interpolation, **settings)
+    from sparsetpc.detector import Detector
+    from sparsetpc.induction_table import bins_per_tick
+    bins_per_tick(table, Detector.default())
+    return table
 
 
 # ---------------------------------------------------------------------------- argument checks
@@ -117,6 +172,7 @@ def _simulate(args) -> int:
     segments = st.load_segments(args.input, cuts=cuts, dtype=dtype, device=args.device, events=args.events)
     params = st.Params.nominal(dtype=dtype, device=args.device,
                                **{k: v for k, v in detector.nominal_parameters.items()})
+    response = response_from_arguments(args, args.detector)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         params.validate()
@@ -134,7 +190,7 @@ def _simulate(args) -> int:
                 warnings.simplefilter("always")
                 try:
                     hits = st.simulate(subset, detector, params, mode=args.mode, memory_budget=args.memory_budget,
-                                       noise=args.noise, seed=event_seed(args.seed, event))
+                                       noise=args.noise, seed=event_seed(args.seed, event), response=response)
                 except SparseTPCError as error:
                     if args.strict:
                         raise type(error)(f"event {event}: {error} (--strict: stopped, nothing written)") from error
@@ -227,12 +283,40 @@ def _example(args) -> int:
     return EXIT_OK
 
 
+# ---------------------------------------------------------------------------- response-table
+def _response_table(args) -> int:
+    from sparsetpc.field_response import (analytic_response_table, save_response_table,
+                                          weighting_field_response_table)
+    for option, value in (("--bin-size", args.bin_size), ("--sampling", args.sampling),
+                          ("--velocity", args.velocity), ("--gap", args.gap)):
+        if not (np.isfinite(value) and value > 0):
+            raise UsageError(f"{option} must be positive, got {value:g}")
+    neighbours = args.neighbours if args.neighbours is not None else (0 if args.model == "analytic" else 2)
+    if neighbours < 0:
+        raise UsageError(f"--neighbours must be non-negative, got {neighbours}")
+    if Path(args.output).suffix.lower() not in (".npy", ".npz"):
+        raise UsageError(f"--output {args.output}: write a .npy (larnd-sim) or .npz file")
+    check_output_path(args.output, option="--output")
+    if args.model == "analytic":
+        table = analytic_response_table(velocity=args.velocity, bin_size=args.bin_size, sampling=args.sampling,
+                                        neighbours=neighbours)
+    else:
+        table = weighting_field_response_table(velocity=args.velocity, bin_size=args.bin_size,
+                                               sampling=args.sampling, neighbours=neighbours, gap=args.gap)
+    save_response_table(table, args.output)
+    print(f"wrote a {args.model} response table {table.shape} to {args.output}; use it with "
+          f"--response {args.output} --response-bin-size {table.bin_size:g} --response-sampling {table.sampling:g} "
+          f"--response-time-window {table.time_window:g} (detector YAML: response_bin_size: {table.bin_size:g}, "
+          f"response_sampling: {table.sampling:g}, time_window: {table.time_window:g})")
+    return EXIT_OK
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as stop:                   # argparse: --help (0) or a bad argument (2, one line printed)
         return stop.code if isinstance(stop.code, int) else EXIT_ERROR
-    body = _simulate if args.command == "simulate" else _example
+    body = {"simulate": _simulate, "example": _example, "response-table": _response_table}[args.command]
     return run_guarded(PROG, lambda: body(args), debug=args.debug)
 
 
