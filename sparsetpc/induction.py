@@ -45,6 +45,7 @@ RESPONSE_COEFFICIENTS = {
 
 _SQRT2 = math.sqrt(2.0)
 _SIGMA_TIME_FLOOR = 1e-6   # µs; keeps the smeared response finite when long_diff = 0
+SAMPLE_WIDTH_FLOOR = 1e-3  # cm; the narrowest transverse cloud the sample grid resolves
 
 
 @dataclass
@@ -434,7 +435,9 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     # The node grid must not move while a fit varies the parameters (a changed node count is a step in the
     # loss): it is built for the narrowest clouds of the documented ranges (or narrower, outside them).
     grid_velocity, grid_tran, grid_long = plan_diffusion(detached)
-    sigma_t = drift_stage.diffusion_sigma(near, grid_velocity, grid_tran)
+    # widths below 10 µm (charge within ~0.2 mm of the anode, or no diffusion at all) are sampled as 10 µm: the
+    # grid stays finite (a zero width would ask for infinitely many nodes)
+    sigma_t = torch.clamp(drift_stage.diffusion_sigma(near, grid_velocity, grid_tran), min=SAMPLE_WIDTH_FLOOR)
     sigma_l = torch.clamp(drift_stage.diffusion_sigma(near, grid_velocity, grid_long), min=float(grid_velocity) * 0.01)
     transverse = torch.maximum(seg_direction[:, 0].abs(), seg_direction[:, 1].abs())
     step = torch.full_like(seg_length, options.max_sample_step)
