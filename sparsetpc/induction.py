@@ -413,6 +413,58 @@ def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int, backend: s
 
 
 # ---------------------------------------------------------------------------------------------- planning
+@dataclass
+class SegmentPieces:
+    """Pieces of each segment for the node grid: ``start``/``end`` [N, P] cm along the segment, ``near_distance``
+    [N, P] cm, the drift distance of the piece's end nearest the anode, ``used`` [N, P]."""
+
+    start: torch.Tensor
+    end: torch.Tensor
+    near_distance: torch.Tensor
+    used: torch.Tensor
+
+
+#: pieces per segment at most (distance ratio 2^(P−1) from the nearest piece to the farthest)
+MAX_PIECES = 16
+#: distance [cm] below which a segment's nearest piece is not split further
+PIECE_DISTANCE_FLOOR = 0.01
+
+
+def segment_pieces(distance_start: torch.Tensor, distance_end: torch.Tensor, length: torch.Tensor,
+                   offset_start: torch.Tensor, delta_z: torch.Tensor) -> SegmentPieces:
+    """Cut each segment at the drift distances d_near·2^k between its ends (geometry only: the pieces do not
+    depend on the parameters).  A segment that crosses the anode plane (``offset_start`` and
+    ``offset_start + delta_z`` of opposite signs) or keeps its distance stays one piece."""
+    n = length.shape[0]
+    near = torch.minimum(distance_start, distance_end)
+    far = torch.maximum(distance_start, distance_end)
+    crosses = (offset_start * (offset_start + delta_z)) < 0
+    lowest = torch.clamp(near, min=PIECE_DISTANCE_FLOOR)
+    count = torch.ceil(torch.log2(torch.clamp(far / lowest, min=1.0)) - 1e-9).long().clamp(min=1, max=MAX_PIECES)
+    count = torch.where(crosses | (far - near <= 1e-9) | (length == 0), torch.ones_like(count), count)
+    width = int(count.max()) if n else 1
+    k = torch.arange(width + 1, device=length.device, dtype=length.dtype)
+    # breakpoints in distance: near, lowest·2, lowest·4, ..., far (the last piece absorbs what the cap leaves)
+    breaks = lowest[:, None] * torch.exp2(k)[None, :]
+    breaks[:, 0] = near
+    last = count[:, None] == torch.arange(width + 1, device=length.device)[None, :]
+    breaks = torch.where(last, far[:, None], breaks)
+    breaks = torch.where(torch.arange(width + 1, device=length.device)[None, :] > count[:, None], far[:, None], breaks)
+    breaks = torch.minimum(breaks, far[:, None])
+    # distance → position along the segment (distance is linear in u when the plane is not crossed)
+    change = distance_end - distance_start
+    safe_change = torch.where(change.abs() > 1e-12, change, torch.ones_like(change))
+    position = torch.clamp((breaks - distance_start[:, None]) / safe_change[:, None], 0.0, 1.0) * length[:, None]
+    position = torch.where((change.abs() > 1e-12)[:, None] & ~crosses[:, None], position,
+                           torch.cat([torch.zeros_like(length)[:, None], length[:, None].expand(n, width)], dim=1))
+    lower = torch.minimum(position[:, :-1], position[:, 1:])
+    upper = torch.maximum(position[:, :-1], position[:, 1:])
+    near_distance = torch.where(crosses[:, None], torch.zeros_like(lower), breaks[:, :-1])
+    near_distance = torch.where((change.abs() > 1e-12)[:, None] | crosses[:, None], near_distance, near[:, None])
+    used = torch.arange(width, device=length.device)[None, :] < count[:, None]
+    return SegmentPieces(start=lower, end=torch.where(used, upper, lower), near_distance=near_distance, used=used)
+
+
 @torch.no_grad()
 def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segments: SegmentState,
                  params: Params, detector: Detector, options: InductionOptions) -> SamplePlan:
@@ -421,46 +473,67 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     dtype = segments.start.dtype
     detached = Params(**{n: getattr(params, n).detach() for n in params.names()}, link_vdrift_efield=params.link_vdrift_efield)
     seg = pairs.segment
-    # Nodes: one midpoint grid per segment, u_i = (i + ½)·L/n, so that pairs of a segment share nodes and a
-    # node never moves with the parameters; each pair takes the nodes inside its stretch [u_start, u_end].
-    # The step is at most one diffusion width at the segment's end nearest the anode (σ_T across the drift
-    # axis, σ_L along it) and at most max_sample_step.
+    # Nodes: each segment is cut into pieces at fixed drift distances d_near·2^k (k = 1, 2, ...), so that the
+    # diffusion width changes by at most √2 within a piece; each piece has its own midpoint grid,
+    # u_i = u_piece + (i + ½)·ℓ/n, shared by the pairs of the segment, and a node never moves with the
+    # parameters; each pair takes the nodes inside its stretch [u_start, u_end].  A piece's step is at most one
+    # diffusion width at its end nearest the anode (σ_T across the drift axis, σ_L along it) and at most
+    # max_sample_step.  (One grid per segment at its nearest point made a 3 cm segment ending 1 mm from the
+    # anode cost as many nodes as 30 m of track.)
     seg_start = segments.start.detach()
     seg_delta = segments.end.detach() - seg_start
     seg_length = torch.linalg.norm(seg_delta, dim=1)
     seg_direction = seg_delta / torch.where(seg_length > 0, seg_length, torch.ones_like(seg_length))[:, None]
     seg_z_anode = segments.z_anode.detach()
-    near = torch.minimum(drift_stage.drift_distance(seg_start[:, 2], seg_z_anode),
-                         drift_stage.drift_distance(seg_start[:, 2] + seg_delta[:, 2], seg_z_anode))
+    distance_start = drift_stage.drift_distance(seg_start[:, 2], seg_z_anode)
+    distance_end = drift_stage.drift_distance(seg_start[:, 2] + seg_delta[:, 2], seg_z_anode)
     # The node grid must not move while a fit varies the parameters (a changed node count is a step in the
     # loss): it is built for the narrowest clouds of the documented ranges (or narrower, outside them).
     grid_velocity, grid_tran, grid_long = plan_diffusion(detached)
+    transverse = torch.maximum(seg_direction[:, 0].abs(), seg_direction[:, 1].abs())
+    pieces = segment_pieces(distance_start, distance_end, seg_length, seg_start[:, 2] - seg_z_anode,
+                            seg_delta[:, 2])                                          # [N, P] cm along the segment
+    near = pieces.near_distance                                                      # [N, P]
     # widths below 10 µm (charge within ~0.2 mm of the anode, or no diffusion at all) are sampled as 10 µm: the
     # grid stays finite (a zero width would ask for infinitely many nodes)
     sigma_t = torch.clamp(drift_stage.diffusion_sigma(near, grid_velocity, grid_tran), min=SAMPLE_WIDTH_FLOOR)
     sigma_l = torch.clamp(drift_stage.diffusion_sigma(near, grid_velocity, grid_long), min=float(grid_velocity) * 0.01)
-    transverse = torch.maximum(seg_direction[:, 0].abs(), seg_direction[:, 1].abs())
-    step = torch.full_like(seg_length, options.max_sample_step)
-    step = torch.minimum(step, options.sample_spacing * sigma_t / torch.clamp(transverse, min=1e-12))
-    step = torch.minimum(step, options.sample_spacing * sigma_l / torch.clamp(seg_direction[:, 2].abs(), min=1e-12))
-    # node count rounded up to the grid 2^(k/4): it changes only where L/step crosses a grid point
-    raw = torch.clamp(seg_length / step, min=1.0)
+    step = torch.full_like(sigma_t, options.max_sample_step)
+    step = torch.minimum(step, options.sample_spacing * sigma_t / torch.clamp(transverse, min=1e-12)[:, None])
+    step = torch.minimum(step, options.sample_spacing * sigma_l
+                         / torch.clamp(seg_direction[:, 2].abs(), min=1e-12)[:, None])
+    piece_length = pieces.end - pieces.start
+    # node count rounded up to the grid 2^(k/4): it changes only where ℓ/step crosses a grid point
+    raw = torch.clamp(piece_length / step, min=1.0)
     n_nodes = torch.ceil(torch.exp2(torch.ceil(4.0 * torch.log2(raw) - 1e-9) / 4.0) - 1e-9).clamp(min=1)
-    spacing = (seg_length / n_nodes)[seg]
-    point_like = seg_length[seg] == 0
-    safe_spacing = torch.where(point_like, torch.ones_like(spacing), spacing)
-    first_node = torch.ceil(pairs.u_start / safe_spacing - 0.5).long().clamp(min=0)
-    last_node = torch.minimum(torch.floor(pairs.u_end / safe_spacing - 0.5).long(), n_nodes[seg].long() - 1)
-    first_node = torch.where(point_like, torch.zeros_like(first_node), first_node)
-    last_node = torch.where(point_like, torch.zeros_like(last_node), last_node)
+    n_nodes = torch.where(pieces.used, n_nodes, torch.zeros_like(n_nodes))
+    spacing = piece_length / torch.clamp(n_nodes, min=1.0)
+    # (pair, piece) → the piece's nodes inside the pair's stretch
+    point_like = (seg_length == 0)[seg]
+    piece_start, piece_spacing, piece_nodes = pieces.start[seg], spacing[seg], n_nodes[seg]   # [M, P]
+    safe_spacing = torch.where(piece_spacing > 0, piece_spacing, torch.ones_like(piece_spacing))
+    first_node = torch.ceil((pairs.u_start[:, None] - piece_start) / safe_spacing - 0.5).long().clamp(min=0)
+    last_node = torch.minimum(torch.floor((pairs.u_end[:, None] - piece_start) / safe_spacing - 0.5).long(),
+                              piece_nodes.long() - 1)
     n_samples = torch.clamp(last_node - first_node + 1, min=0)
+    n_samples = torch.where(piece_spacing > 0, n_samples, torch.zeros_like(n_samples))
+    # a point-like segment is one node with all its charge, in its first piece
+    n_samples[:, 0] = torch.where(point_like, torch.ones_like(n_samples[:, 0]), n_samples[:, 0])
+    first_node[:, 0] = torch.where(point_like, torch.zeros_like(first_node[:, 0]), first_node[:, 0])
+    n_pieces = n_samples.shape[1]
+    n_samples = n_samples.reshape(-1)
     total = int(n_samples.sum())
-    pair_of_sample = torch.repeat_interleave(torch.arange(len(pairs), device=device), n_samples, output_size=total)
+    combination = torch.repeat_interleave(torch.arange(n_samples.numel(), device=device), n_samples,
+                                          output_size=total)
+    pair_of_sample = combination // n_pieces
     first = torch.cumsum(n_samples, 0) - n_samples
-    node = first_node[pair_of_sample] + (torch.arange(total, device=device) - first[pair_of_sample])
-    u = (node.to(dtype) + 0.5) * spacing[pair_of_sample]
-    u = torch.where(point_like[pair_of_sample], torch.zeros_like(u), u)
-    weight = torch.where(point_like[pair_of_sample], torch.ones_like(u), 1.0 / n_nodes[seg][pair_of_sample])
+    node = first_node.reshape(-1)[combination] + (torch.arange(total, device=device) - first[combination])
+    u = piece_start.reshape(-1)[combination] + (node.to(dtype) + 0.5) * piece_spacing.reshape(-1)[combination]
+    safe_length = torch.where(seg_length > 0, seg_length, torch.ones_like(seg_length))[seg]
+    weight = piece_spacing.reshape(-1)[combination] / safe_length[pair_of_sample]
+    sample_point_like = point_like[pair_of_sample]
+    u = torch.where(sample_point_like, torch.zeros_like(u), u)
+    weight = torch.where(sample_point_like, torch.ones_like(u), weight)
     # tick window of each sample
     charge, mu, sigma_time, amplitude, fast, slow, on_pad = _sample_state(u, weight, pair_of_sample, pairs,
                                                                           segments, detached, detector)
