@@ -11,7 +11,7 @@ import torch
 
 import sparsetpc as st
 from calibration.losses import HitsLoss, noise_sigma_adc, readout_nll
-from calibration.losses.likelihood import BROAD_SCALE, BROAD_WEIGHT, COUNT_FLOOR, OUTLIER_CHI2
+from calibration.losses.likelihood import BROAD_SCALE, BROAD_WEIGHT, COUNT_FLOOR, OUTLIER_CHI2, OUTLIER_WEIGHT
 from sparsetpc.electronics import FrontEnd, expected_readout, hard_readout
 
 from helpers import SHARED, needs_shared
@@ -30,8 +30,8 @@ def _log_outlier(sigma_adc0=None, sigma_time0=0.1):
 
 class TestReadoutNLL:
     def test_known_value_one_readout(self):
-        """One pixel, one target readout, one model slot (w, μ, σ²): −log[(w − 0)+ε] − log[(w g + B)/(w + 1)], g the
-        narrow + broad Gaussian mixture."""
+        """One pixel, one target readout, one model slot (w, μ, σ²): −log[(w − 0)+ε] − log[(w g + ηB)/(w + η)], g
+        the narrow + broad Gaussian mixture."""
         w, mu_a, mu_t, va, vt = 0.9, 100.0, 50.0, 1.2, 0.01
         x_a, x_t = 101.0, 50.05
         floor = 0.1 ** 2 / 12
@@ -46,7 +46,9 @@ class TestReadoutNLL:
                  + BROAD_WEIGHT * math.exp(-0.5 * chi2 / BROAD_SCALE ** 2)
                  / (2 * math.pi * BROAD_SCALE ** 2 * math.sqrt(va * vt_total)))
         w_value = w - 1e-9                   # the value term's weight: zero where the slot drops out (min_weight)
-        expected = -math.log(w - 0.0 + COUNT_FLOOR) - math.log((w_value * gauss + math.exp(_log_outlier())) / (w_value + 1.0))
+        eta = OUTLIER_WEIGHT
+        expected = -math.log(w - 0.0 + COUNT_FLOOR) - math.log((w_value * gauss + eta * math.exp(_log_outlier()))
+                                                              / (w_value + eta))
         assert float(nll) == pytest.approx(expected, rel=1e-12)
         assert summary["pixels"] == 1 and summary["target_readouts"] == 1
 
@@ -98,9 +100,10 @@ class TestReadoutNLL:
                                    torch.tensor([20.0, 24.0], dtype=D))
             return float(value)
         absent = nll([(1.0, 100.0, 20.0)])
-        # approaching min_weight (1e-9) from above, the value term joins the outlier term; what remains is the count
-        # term's −log(ε + 1e-9) vs −log ε = 1e-3 (ε = 1e-6)
-        gaps = [abs(nll([(1.0, 100.0, 20.0), (1e-9 * (1 + delta), 95.0, 24.0)]) - absent) for delta in (1e-3, 1e-5, 1e-7)]
+        # approaching min_weight (1e-9) from above, the value term joins the outlier term (where w − min_weight falls
+        # below ηB/g ≈ 1e-17, η = 1e-6); what remains is the count term's −log(ε + 1e-9) vs −log ε = 1e-3 (ε = 1e-6)
+        gaps = [abs(nll([(1.0, 100.0, 20.0), (1e-9 * (1 + delta), 95.0, 24.0)]) - absent)
+                for delta in (1e-7, 1e-10, 1e-13)]
         assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1.01e-3, gaps
         far = nll([(1.0, 100.0, 20.0), (1e-3, 95.0, 24.0)])                   # the slot has not faded yet
         assert far < absent - 5

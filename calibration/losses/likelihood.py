@@ -17,7 +17,9 @@ far from the model's, e.g. after a noise-shifted slot, or a slot the model think
     B = exp(−χ²_out / 2) / (2π σ_a0 σ_t0)       (σ_a0 the noise model's σ_ADC, σ_t0 one tick, χ²_out = 50)
 
 so that a readout beyond the broad component's reach costs a constant, and a slot
-that fades out of the model (w_s → 0) joins the outlier term continuously.  Pixels where either side has
+that fades out of the model (w_s → 0) joins the outlier term continuously.  η = 1e-6: the model's weight
+w_s/(w_s + η) is 1 to 1e-6/w_s, so the values do not depend on w_s where the slot exists (with η = 1 they did, and
+the score at the truth had a mean of −Σ ∂w_s/(w_s + 1): a bias of ≈ 0.1 σ per track).  Pixels where either side has
 readouts all count (a pixel the model fires and the target does not: −log(1 − w_0)).  ``count_floor`` is
 added to P(N = n): a target count the model calls impossible costs −log(count_floor), not infinity.
 
@@ -40,7 +42,7 @@ BROAD_WEIGHT = 0.01
 BROAD_SCALE = 30.0
 OUTLIER_CHI2 = 50.0
 COUNT_FLOOR = 1e-6
-OUTLIER_WEIGHT = 1.0
+OUTLIER_WEIGHT = 1e-6
 
 
 def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: torch.Tensor, adc: torch.Tensor,
