@@ -552,10 +552,11 @@ def cmd_fit(args) -> int:
 
 
 def _summary(result) -> None:
-    print(f"{'param':>12} {'initial':>12} {'target':>12} {'fitted':>12} {'sigma':>10}")
+    print(f"{'param':>12} {'initial':>12} {'target':>12} {'fitted':>12} {'sigma':>10} {'sandwich':>10}")
     for name, e in result["params"].items():
         fmt = lambda v: "-" if v is None else f"{v:.5g}"
-        print(f"{name:>12} {fmt(e['initial']):>12} {fmt(e['target']):>12} {fmt(e['fitted']):>12} {fmt(e['sigma']):>10}")
+        print(f"{name:>12} {fmt(e['initial']):>12} {fmt(e['target']):>12} {fmt(e['fitted']):>12} {fmt(e['sigma']):>10} "
+              f"{fmt(e.get('sigma_sandwich')):>10}")
     print(f"iterations {result['iterations']}  final loss {result['final_loss']:.5g}  wall {result['wall_time_s']:.1f} s")
     if result.get("sigma_reason"):
         print(f"no sigma: {result['sigma_reason']}")

@@ -28,7 +28,8 @@ from .forward import accepts, call_forward
 from .history import History
 from .paramsets import ParamSet
 from .targets import derive_seed, simulate_targets
-from .uncertainty import covariance_from_hessian, degeneracy_warnings, fd_hessian, nan_to_none, to_physical
+from .uncertainty import (covariance_from_hessian, degeneracy_warnings, fd_hessian, nan_to_none, sandwich_covariance,
+                          to_physical)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "lbfgs": torch.optim.LBFGS}
@@ -205,9 +206,11 @@ class Fitter:
         own = getattr(self.loss_fn, "errordef", None)
         return float(own) if own is not None else 1.0
 
-    def evaluate(self, theta: torch.Tensor, need_grad: bool = True, total: Optional[bool] = None):
+    def evaluate(self, theta: torch.Tensor, need_grad: bool = True, total: Optional[bool] = None,
+                 batch_gradients: Optional[list] = None):
         """Loss and gradient over *all* batches at internal point ``theta`` [P]: the unit-weighted mean, or with
-        ``total`` (default: when the loss is a χ²) the sum over units, i.e. the total χ²."""
+        ``total`` (default: when the loss is a χ²) the sum over units, i.e. the total χ².  ``batch_gradients``: a
+        list that receives each batch's gradient of its total loss (numpy [P]), for the sandwich covariance."""
         total = self.loss_is_chi2 if total is None else total
         leaves = [theta[k].detach().clone().requires_grad_(need_grad) for k in range(theta.numel())]
         total_loss = torch.zeros((), dtype=self.dtype, device=self.device)
@@ -220,8 +223,11 @@ class Fitter:
                 loss = self._batch_loss(leaves, b, derive_seed(self.config.seed, 3, b))
             if need_grad:
                 grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-                grad_sum += torch.stack([torch.zeros((), dtype=self.dtype, device=self.device) if g is None else g.reshape(())
-                                         for g in grads]) * batch.n_units
+                batch_grad = torch.stack([torch.zeros((), dtype=self.dtype, device=self.device) if g is None
+                                          else g.reshape(()) for g in grads]) * batch.n_units
+                grad_sum += batch_grad
+                if batch_gradients is not None:
+                    batch_gradients.append(batch_grad.detach().cpu().numpy())
             total_loss += loss.detach() * batch.n_units
             n_total += batch.n_units
         packed = torch.cat([grad_sum, total_loss.reshape(1),
@@ -506,7 +512,8 @@ class Fitter:
         theta = torch.stack([leaf.detach().reshape(()) for leaf in leaves])
         up = self.errordef
         # the gradient at the end (for the convergence check) only where a Hessian is computed anyway
-        final_loss, final_grad = self.evaluate(theta, need_grad=cfg.hessian)
+        batch_gradients = [] if cfg.hessian else None
+        final_loss, final_grad = self.evaluate(theta, need_grad=cfg.hessian, batch_gradients=batch_gradients)
         unc = None
         hess = None
         if cfg.hessian:
@@ -534,6 +541,21 @@ class Fitter:
             unc["correlation"] = corr_phys
         warn = degeneracy_warnings(ps.names, unc) if unc is not None else []
         statistical = self.loss_is_chi2
+        # the sandwich covariance: σ that do not assume the model's noise is exactly the data's
+        sandwich = {"sigma": None, "batches": len(batch_gradients or []), "reason": None}
+        sigma_sandwich = None
+        if not statistical:
+            sandwich["reason"] = "not a likelihood or chi2"
+        elif hess is None:
+            sandwich["reason"] = "no Hessian (--no-hessian)"
+        elif self.dist.enabled:
+            sandwich["reason"] = "not computed in distributed fits (batch gradients are on other ranks)"
+        else:
+            computed = sandwich_covariance(hess, batch_gradients)
+            sandwich["reason"] = computed["reason"]
+            if computed["covariance"] is not None:
+                cov_sandwich = to_physical(computed["covariance"], ps.jacobians(ps.physical_values(leaves)))
+                sigma_sandwich = np.sqrt(np.abs(np.diag(cov_sandwich)))
         sigma_reason = None
         if not statistical:
             sigma_reason = (f"loss {getattr(self.loss_fn, 'name', type(self.loss_fn).__name__)!r} is not a likelihood "
@@ -555,11 +577,15 @@ class Fitter:
                                 "fitted": fitted[s.name],
                                 "sigma": None if (unc is None or not statistical) else nan_to_none(sigma_phys[k]),
                                 "newton_step": convergence["newton_step"].get(s.name),
+                                "sigma_sandwich": None if sigma_sandwich is None else nan_to_none(sigma_sandwich[k]),
                                 "unit": s.unit, "norm": s.norm, "lr": s.lr}
                        for k, s in enumerate(ps)},
             "iterations": int(iterations),
             "final_loss": float(final_loss),
             "sigma_reason": sigma_reason,
+            "sandwich": {"batches": sandwich["batches"], "reason": sandwich["reason"],
+                         "what": "H^-1 V H^-1, V the covariance of the per-batch scores at the fitted point: sigma "
+                                 "robust to a noise model that is not exactly the data's"},
             "converged": convergence["converged"],
             "edm": convergence["edm"],
             "correlation": None if unc is None else nan_to_none(unc["correlation"]),

@@ -68,6 +68,38 @@ def covariance_from_hessian(hess: np.ndarray, up: float = 1.0) -> Dict[str, obje
             "flattest_direction": vec[:, int(np.argmin(np.abs(eig)))] if eig.size else np.zeros(0)}
 
 
+#: independent batches per fitted parameter below which the sandwich covariance is not reported (its score
+#: covariance would be estimated from too few outer products)
+SANDWICH_MIN_BATCHES_PER_PARAMETER = 3
+
+
+def sandwich_covariance(hess: np.ndarray, batch_gradients: Sequence[np.ndarray]) -> Dict[str, object]:
+    """Robust (sandwich) covariance H⁻¹ V H⁻¹ of a likelihood fit: H the Hessian of the total loss (−log L, or a
+    χ² = −2 log L: the factor cancels), V the covariance of the score estimated from the gradients of the total loss
+    of independent batches (events) at the fitted point, Σ_b (g_b − ḡ)(g_b − ḡ)ᵀ·B/(B − 1).  It does not assume that
+    the model's noise is exactly the data's: where the score varies more than the curvature says (V > H), σ grows.
+    Returns covariance (internal units) and sigma, or ``reason`` when it cannot be given."""
+    hess = np.asarray(hess, dtype=np.float64)
+    n = hess.shape[0]
+    grads = np.asarray(batch_gradients, dtype=np.float64).reshape(-1, n) if len(batch_gradients) else np.zeros((0, n))
+    batches = grads.shape[0]
+    if batches < SANDWICH_MIN_BATCHES_PER_PARAMETER * n:
+        return {"covariance": None, "sigma": None, "batches": batches,
+                "reason": f"{batches} independent batch(es) for {n} parameter(s): the score's covariance needs at "
+                          f"least {SANDWICH_MIN_BATCHES_PER_PARAMETER * n} (use more events, or --tracks-per-batch 1)"}
+    eig = np.linalg.eigvalsh(hess)
+    if not np.all(eig > 0):
+        return {"covariance": None, "sigma": None, "batches": batches,
+                "reason": "the Hessian is not positive definite"}
+    centred = grads - grads.mean(axis=0)
+    score = centred.T @ centred * batches / (batches - 1)
+    inverse = np.linalg.inv(hess)
+    covariance = inverse @ score @ inverse
+    diag = np.diag(covariance)
+    return {"covariance": covariance, "sigma": np.where(diag > 0, np.sqrt(np.abs(diag)), np.nan),
+            "batches": batches, "reason": None}
+
+
 #: |correlation| above which two fitted parameters are reported as (nearly) degenerate
 DEGENERATE_CORRELATION = 0.99
 #: Hessian condition number (internal units) above which the fit is reported as ill-conditioned

@@ -322,3 +322,52 @@ def test_sigma_replicas_make_chi2_uncertainty_match_spread():
     with pytest.raises(ValueError, match="chi2"):
         Fitter(ps, _hetero_forward, HitsLoss("space_match"), row_batches(make_toy_tracks(2, seed=1)),
                FitConfig(iterations=0, progress=False, plots=False, sigma_replicas=5), target_values={"Ab": 0.84})
+
+
+# ---------------------------------------------------------------- sandwich covariance
+def test_sandwich_covariance_formula_and_refusals():
+    from calibration.uncertainty import sandwich_covariance
+    rng = np.random.default_rng(3)
+    hess = np.array([[4.0, 1.0], [1.0, 2.0]])
+    # per-batch scores of a correct model: their sum over the B batches has covariance H (H the total loss's
+    # Hessian), so each batch's has H/B, and H⁻¹VH⁻¹ = H⁻¹
+    grads = rng.multivariate_normal(np.zeros(2), hess / 4000, size=4000)
+    result = sandwich_covariance(hess, list(grads))
+    np.testing.assert_allclose(result["covariance"], np.linalg.inv(hess), rtol=0.1, atol=0.01)
+    # scores varying twice as much as the curvature says: σ grows by √2
+    inflated = sandwich_covariance(hess, list(grads * np.sqrt(2.0)))
+    np.testing.assert_allclose(inflated["sigma"] / result["sigma"], np.sqrt(2.0), rtol=1e-9)
+    few = sandwich_covariance(hess, list(grads[:5]))
+    assert few["covariance"] is None and "5 independent batch" in few["reason"]
+    flat = sandwich_covariance(np.array([[1.0, 0.0], [0.0, -1.0]]), list(grads))
+    assert flat["covariance"] is None and "not positive definite" in flat["reason"]
+
+
+class _Chi2Assumed:
+    """χ² with an assumed ADC noise σ (the toy's true noise is 0.5)."""
+    chi2 = True
+
+    def __init__(self, sigma):
+        self.sigma = sigma
+
+    def __call__(self, guess, target, n_units=None):
+        return ((guess.adc - target.adc) / self.sigma).pow(2).sum() / n_units
+
+
+@pytest.mark.parametrize("assumed", [0.5, 0.25])
+def test_sandwich_sigma_corrects_a_wrong_noise_model(assumed):
+    """A χ² that assumes half the true noise reports σ half the true spread; the sandwich σ (per-track scores
+    at the fitted point) sees the real spread of the scores and is ≈ 2× the Hessian's.  With the right noise
+    model the two agree.  One fit's V comes from 18 unequal tracks (per-seed ratios 0.5–1.4 with the right
+    model), so the ratio is averaged over 8 noise seeds."""
+    ps = ParamSet.from_names(["Ab"], lr=0.02)
+    ratios = []
+    for seed in range(8):
+        f = Fitter(ps, ToyForward(), _Chi2Assumed(assumed), row_batches(make_toy_tracks(18, seed=2), 1),
+                   FitConfig(iterations=0, polish_lbfgs=5, progress=False, plots=False, seed=seed),
+                   target_values={"Ab": 0.84}, target_noise=True)
+        r = f.run()
+        ratios.append(r["params"]["Ab"]["sigma_sandwich"] / r["params"]["Ab"]["sigma"])
+        assert r["sandwich"]["batches"] == 18 and r["sandwich"]["reason"] is None
+    expected = 0.5 / assumed
+    assert 0.7 * expected < np.mean(ratios) < 1.3 * expected, ratios
