@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+from calibration._io import write_json
+
 REPO = Path(__file__).resolve().parents[1]
 COTS = (0.3, 1.0, 5.0, 20.0, 50.0)
 EXTENTS = (5.0, 15.0, 28.0)
@@ -212,9 +214,7 @@ def main(argv=None) -> int:
            "N_z = max(30, 25*cot+4); per segment (dz = drift extent / segments) and for the track as one segment"}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, path)
+    write_json(path, out)                      # atomic
     print(f"wrote {path} ({out['wall_s']:.0f} s)")
     return 0
 

@@ -243,10 +243,9 @@ def fade_in(fraction: torch.Tensor, lowest: float) -> torch.Tensor:
     return x * x * (3.0 - 2.0 * x)
 
 
-def _sample_state(u, weight, pair_rows, pairs: Pairs, segments: SegmentState, params: Params,
-                  detector: Detector, min_pad_fraction: float = 0.0):
-    """Charge, arrival-time distribution, response shape and part on the pad of each sample (differentiable).
-    Samples whose part on the pad is below ``min_pad_fraction`` carry no charge (see :func:`fade_in`)."""
+def sample_geometry(u, pair_rows, pairs: Pairs, segments: SegmentState, params: Params, detector: Detector):
+    """Where and when each sample's charge starts (differentiable): (segment row, position [S, 3] cm, drift
+    velocity, drift distance [S] cm, drift time to the response region [S] µs, creation time [S] µs)."""
     seg = pairs.segment[pair_rows]
     start = segments.start[seg]
     end = segments.end[seg]
@@ -260,6 +259,15 @@ def _sample_state(u, weight, pair_rows, pairs: Pairs, segments: SegmentState, pa
     distance = drift_stage.drift_distance(position[:, 2], segments.z_anode[seg])
     t_drift = drift_stage.drift_time(distance, velocity, detector.response_offset)
     created = segments.t_start[seg] + fraction_along * (segments.t_end[seg] - segments.t_start[seg])
+    return seg, position, velocity, distance, t_drift, created
+
+
+def _sample_state(u, weight, pair_rows, pairs: Pairs, segments: SegmentState, params: Params,
+                  detector: Detector, min_pad_fraction: float = 0.0):
+    """Charge, arrival-time distribution, response shape and part on the pad of each sample (differentiable).
+    Samples whose part on the pad is below ``min_pad_fraction`` carry no charge (see :func:`fade_in`)."""
+    seg, position, velocity, distance, t_drift, created = sample_geometry(u, pair_rows, pairs, segments, params,
+                                                                         detector)
     arrival = created + t_drift
     sigma_t = drift_stage.diffusion_sigma(distance, velocity, params.tran_diff)
     sigma_l = drift_stage.diffusion_sigma(distance, velocity, params.long_diff)
@@ -466,12 +474,12 @@ def segment_pieces(distance_start: torch.Tensor, distance_end: torch.Tensor, len
 
 
 @torch.no_grad()
-def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segments: SegmentState,
-                 params: Params, detector: Detector, options: InductionOptions) -> SamplePlan:
-    """Choose the samples along each pair's stretch of segment and the tick window of each sample."""
+def sample_nodes(pairs: Pairs, segments: SegmentState, detached: Params, options):
+    """The charge samples of every pair: (pair row [S], position u along the segment [S] cm, fraction of the
+    segment's charge [S]), from the node grid (integer layout only, no gradients; ``options`` gives
+    ``max_sample_step`` and ``sample_spacing``)."""
     device = pairs.segment.device
     dtype = segments.start.dtype
-    detached = Params(**{n: getattr(params, n).detach() for n in params.names()}, link_vdrift_efield=params.link_vdrift_efield)
     seg = pairs.segment
     # Nodes: each segment is cut into pieces at fixed drift distances d_near·2^k (k = 1, 2, ...), so that the
     # diffusion width changes by at most √2 within a piece; each piece has its own midpoint grid,
@@ -534,6 +542,16 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     sample_point_like = point_like[pair_of_sample]
     u = torch.where(sample_point_like, torch.zeros_like(u), u)
     weight = torch.where(sample_point_like, torch.ones_like(u), weight)
+    return pair_of_sample, u, weight
+
+
+@torch.no_grad()
+def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segments: SegmentState,
+                 params: Params, detector: Detector, options: InductionOptions) -> SamplePlan:
+    """Choose the samples along each pair's stretch of segment and the tick window of each sample."""
+    device = pairs.segment.device
+    detached = Params(**{n: getattr(params, n).detach() for n in params.names()}, link_vdrift_efield=params.link_vdrift_efield)
+    pair_of_sample, u, weight = sample_nodes(pairs, segments, detached, options)
     # tick window of each sample
     charge, mu, sigma_time, amplitude, fast, slow, on_pad = _sample_state(u, weight, pair_of_sample, pairs,
                                                                           segments, detached, detector)

@@ -31,7 +31,8 @@ import torch
 from . import drift as drift_stage
 from .detector import Detector
 from .field_response import ResponseTable, ResponseTableError, hat_expectation, mirrored_index
-from .induction import SamplePlan, SegmentState, association_diffusion, chunk_bounds, plan_diffusion, scatter_sum
+from .induction import (SamplePlan, SegmentState, association_diffusion, chunk_bounds, sample_geometry,
+                        sample_nodes, scatter_sum)
 from .params import Params
 from .pixels import Pairs
 
@@ -86,19 +87,8 @@ def bins_per_tick(table: ResponseTable, detector: Detector) -> int:
 def sample_state(u, weight, pair_rows, pairs: Pairs, segments: SegmentState, params: Params, detector: Detector):
     """Per item (differentiable): transverse offset from the pixel centre [S, 2] cm, arrival time at the anode
     [S] µs, σ_T [S] cm, σ_t [S] µs (longitudinal width / v) and charge [S] electrons (after attachment)."""
-    seg = pairs.segment[pair_rows]
-    start = segments.start[seg]
-    end = segments.end[seg]
-    delta = end - start
-    length = torch.linalg.norm(delta, dim=1)
-    safe_length = torch.where(length > 0, length, torch.ones_like(length))
-    direction = delta / safe_length[:, None]
-    position = start + u[:, None] * direction
-    fraction_along = u / safe_length
-    velocity = params.drift_velocity()
-    distance = drift_stage.drift_distance(position[:, 2], segments.z_anode[seg])
-    t_drift = drift_stage.drift_time(distance, velocity, detector.response_offset)
-    created = segments.t_start[seg] + fraction_along * (segments.t_end[seg] - segments.t_start[seg])
+    seg, position, velocity, distance, t_drift, created = sample_geometry(u, pair_rows, pairs, segments, params,
+                                                                         detector)
     arrival = created + distance / velocity              # at the anode (larnd-sim's table reference)
     sigma_t = drift_stage.diffusion_sigma(distance, velocity, params.tran_diff)
     sigma_l = drift_stage.diffusion_sigma(distance, velocity, params.long_diff)
@@ -117,39 +107,8 @@ def plan_table(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segment
     detached = Params(**{n: getattr(params, n).detach() for n in params.names()},
                       link_vdrift_efield=params.link_vdrift_efield)
     m = bins_per_tick(table, detector)
-    # --- sample nodes: one midpoint grid per segment (fixed while the parameters move inside their ranges)
-    seg_start = segments.start.detach()
-    seg_delta = segments.end.detach() - seg_start
-    seg_length = torch.linalg.norm(seg_delta, dim=1)
-    seg_direction = seg_delta / torch.where(seg_length > 0, seg_length, torch.ones_like(seg_length))[:, None]
-    z_anode = segments.z_anode.detach()
-    near = torch.minimum(drift_stage.drift_distance(seg_start[:, 2], z_anode),
-                         drift_stage.drift_distance(seg_start[:, 2] + seg_delta[:, 2], z_anode))
-    grid_velocity, grid_tran, grid_long = plan_diffusion(detached)
-    sigma_t = drift_stage.diffusion_sigma(near, grid_velocity, grid_tran)
-    sigma_l = torch.clamp(drift_stage.diffusion_sigma(near, grid_velocity, grid_long), min=float(grid_velocity) * 0.01)
-    transverse = torch.maximum(seg_direction[:, 0].abs(), seg_direction[:, 1].abs())
-    step = torch.full_like(seg_length, options.max_sample_step)
-    step = torch.minimum(step, options.sample_spacing * sigma_t / torch.clamp(transverse, min=1e-12))
-    step = torch.minimum(step, options.sample_spacing * sigma_l / torch.clamp(seg_direction[:, 2].abs(), min=1e-12))
-    raw = torch.clamp(seg_length / step, min=1.0)
-    n_nodes = torch.ceil(torch.exp2(torch.ceil(4.0 * torch.log2(raw) - 1e-9) / 4.0) - 1e-9).clamp(min=1)
-    seg = pairs.segment
-    spacing = (seg_length / n_nodes)[seg]
-    point_like = seg_length[seg] == 0
-    safe_spacing = torch.where(point_like, torch.ones_like(spacing), spacing)
-    first_node = torch.ceil(pairs.u_start / safe_spacing - 0.5).long().clamp(min=0)
-    last_node = torch.minimum(torch.floor(pairs.u_end / safe_spacing - 0.5).long(), n_nodes[seg].long() - 1)
-    first_node = torch.where(point_like, torch.zeros_like(first_node), first_node)
-    last_node = torch.where(point_like, torch.zeros_like(last_node), last_node)
-    n_samples = torch.clamp(last_node - first_node + 1, min=0)
-    total = int(n_samples.sum())
-    pair_of_item = torch.repeat_interleave(torch.arange(len(pairs), device=device), n_samples, output_size=total)
-    first = torch.cumsum(n_samples, 0) - n_samples
-    node = first_node[pair_of_item] + (torch.arange(total, device=device) - first[pair_of_item])
-    u = (node.to(dtype) + 0.5) * spacing[pair_of_item]
-    u = torch.where(point_like[pair_of_item], torch.zeros_like(u), u)
-    weight = torch.where(point_like[pair_of_item], torch.ones_like(u), 1.0 / n_nodes[seg][pair_of_item])
+    # --- sample nodes: the analytic mode's node grid (fixed while the parameters move inside their ranges)
+    pair_of_item, u, weight = sample_nodes(pairs, segments, detached, options)
     # --- items whose cloud reaches the table and that carry charge
     offset, arrival, sigma_trans, sigma_time, charge = sample_state(u, weight, pair_of_item, pairs, segments,
                                                                     detached, detector)

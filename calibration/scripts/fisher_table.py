@@ -16,13 +16,13 @@ the median over seeds with the min–max range as error bars, one panel per leng
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import sys
 import time
 import warnings
 from pathlib import Path
+
+from calibration._io import write_json
 
 import numpy as np
 
@@ -181,9 +181,7 @@ def main(argv=None) -> int:
                    "parameters (calibration/fisher.py); n tracks: σ/√n"}
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, path)
+    write_json(path, out)                      # atomic
     plot(summary, Path(args.figure))
     print(f"wrote {path} and {args.figure} in {out['wall_s']:.0f} s")
     return 0
