@@ -209,27 +209,19 @@ def response_settings_from_yaml(path) -> dict:
 def save_response_table(table: ResponseTable, path) -> Path:
     """Write ``table``: ``.npy`` (larnd-sim's format: the array only) or ``.npz`` (``response``, ``bin_size``,
     ``time_tick``, ``time_window``).  Written to a temporary file and renamed."""
-    import os
-    import tempfile
+    from .io import atomic_write
     path = Path(path)
     array = table.values.detach().cpu().numpy().astype(np.float64)
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise ResponseTableError(f"{path}: response tables are written as .npy (larnd-sim) or .npz")
-    handle, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp" + suffix,
-                                         dir=path.absolute().parent)
-    os.close(handle)
-    try:
+    with atomic_write(path) as temporary:        # mode from the umask, renamed into place when complete
         with open(temporary, "wb") as stream:
             if suffix == ".npy":
                 np.save(stream, array)
             else:
                 np.savez(stream, response=array, bin_size=table.bin_size, time_tick=table.sampling,
                          time_window=table.time_window)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
     return path
 
 

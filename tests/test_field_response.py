@@ -2,6 +2,7 @@
 induction against the analytic mode, charge conservation with neighbour induction, larnd-sim's nearest lookup
 against an independent numpy summation, gradients (gradcheck, full-pipeline central differences), CLI errors."""
 import math
+import os
 import subprocess
 import sys
 import warnings
@@ -368,6 +369,11 @@ class TestCommandLine:
         assert done.returncode == 0, done.stderr
         table = load_response_table(tmp_path / "t.npz")
         assert table.shape[:2] == (5, 5) and table.sampling == 0.05
+        # the table keeps to the umask like every other output (not mkstemp's 0600)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        assert (tmp_path / "t.npz").stat().st_mode & 0o777 == 0o666 & ~mask
+        assert "an analytic response table" in done.stdout
         assert float(table.collected_fraction()[0, 0]) == pytest.approx(1.0, abs=1e-6)
         np.save(tmp_path / "flat.npy", np.zeros((3, 3)))
         example = self._run("example", "-o", "ex.h5", "--events", "1", cwd=tmp_path)
