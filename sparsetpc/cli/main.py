@@ -304,7 +304,8 @@ def _response_table(args) -> int:
         table = weighting_field_response_table(velocity=args.velocity, bin_size=args.bin_size,
                                                sampling=args.sampling, neighbours=neighbours, gap=args.gap)
     save_response_table(table, args.output)
-    print(f"wrote {"an" if args.model[0] in "aeiou" else "a"} {args.model} response table {table.shape} to {args.output}; use it with "
+    article = "an" if args.model[0] in "aeiou" else "a"
+    print(f"wrote {article} {args.model} response table {table.shape} to {args.output}; use it with "
           f"--response {args.output} --response-bin-size {table.bin_size:g} --response-sampling {table.sampling:g} "
           f"--response-time-window {table.time_window:g} (detector YAML: response_bin_size: {table.bin_size:g}, "
           f"response_sampling: {table.sampling:g}, time_window: {table.time_window:g})")
