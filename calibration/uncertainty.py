@@ -17,7 +17,7 @@ Covariances are converted to physical units with the (diagonal) Jacobian of the 
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import torch

@@ -15,7 +15,6 @@ import torch
 
 from calibration.cli import main
 from calibration.losses import HitsLoss, noise_sigma_adc
-from calibration.paramsets import ParamSet
 from calibration.toy import N_POINTS, make_toy_tracks, toy_forward
 from helpers import make_rows
 from sparsetpc.params import RANGES, Params

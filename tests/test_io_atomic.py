@@ -13,7 +13,6 @@ import pytest
 
 from sparsetpc.cli.errors import EXIT_INTERRUPTED, Terminated
 from sparsetpc.example import write_example
-from sparsetpc.hits import HIT_DTYPE
 from sparsetpc.io import atomic_write, current_umask, write_hits
 
 REPO = Path(__file__).resolve().parents[1]

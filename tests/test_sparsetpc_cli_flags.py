@@ -12,13 +12,11 @@ import pytest
 import torch
 import yaml
 
-import sparsetpc as st
 from helpers import devices, make_rows
 from sparsetpc.cli import main
 from sparsetpc.detector import MODULE0_PROPERTIES
 from sparsetpc.layout import PixelLayout
 from sparsetpc.packets import CLOCK_US, read_packets
-from sparsetpc.params import RANGES
 from sparsetpc.segments import FRAME_SPARSETPC
 from calibration.targets import written_channel_mask
 

@@ -23,7 +23,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 import sparsetpc as st
 from helpers import make_rows

@@ -9,7 +9,7 @@ Empty clouds: when one side has hits in an event and the other has none the even
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
 

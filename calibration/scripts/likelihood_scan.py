@@ -12,7 +12,6 @@ increasing, allowing noise below ``--tolerance`` in −log L) and ``likelihood_s
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
