@@ -215,8 +215,8 @@ def save_response_table(table: ResponseTable, path) -> Path:
     suffix = path.suffix.lower()
     if suffix not in (".npy", ".npz"):
         raise ResponseTableError(f"{path}: response tables are written as .npy (larnd-sim) or .npz")
-    with atomic_write(path) as temporary:        # mode from the umask, renamed into place when complete
-        with open(temporary, "wb") as stream:
+    with atomic_write(path) as tmp:              # mode from the umask, renamed into place when complete
+        with open(tmp, "wb") as stream:
             if suffix == ".npy":
                 np.save(stream, array)
             else:
