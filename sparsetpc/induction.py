@@ -287,6 +287,30 @@ def _sample_state(u, weight, pair_rows, pairs: Pairs, segments: SegmentState, pa
     return charge, arrival + delay, sigma_time, amplitude, fast, slow, on_pad
 
 
+def window_offset(plan: SamplePlan, pixel: torch.Tensor, first_tick: torch.Tensor) -> torch.Tensor:
+    """Flat-buffer position of global tick ``first_tick`` in the window of ``pixel`` (element-wise)."""
+    return plan.pixel_offset[pixel] + first_tick - plan.pixel_start[pixel]
+
+
+def pixel_windows(lo: torch.Tensor, hi: torch.Tensor):
+    """Per-pixel windows for charge on global ticks [lo, hi]: one leading empty tick (for the discriminator) and
+    19 trailing ones (integration end).  Returns (start tick, width, offset in the flat buffer, buffer size)."""
+    start = lo - 1
+    width = hi - start + 1 + 19
+    offset = torch.cumsum(width, 0) - width
+    return start, width, offset, int(width.sum())
+
+
+def horizon_columns(last: torch.Tensor, pixel: torch.Tensor, plan: SamplePlan) -> torch.Tensor:
+    """Per pixel, the last column [U] at which its window may trigger, from each sample's last signal tick
+    ``last`` [S] (continuous) and its ``pixel`` [S]: the latest one plus the integration ticks, ∈ [W − 2, W − 1)
+    (the partially exposed column is always inside the window, W = hi − start + 20)."""
+    n_pixels = plan.pixel_width.numel()
+    horizon = torch.full((n_pixels,), -1e30, dtype=last.dtype, device=last.device).scatter_reduce(
+        0, pixel, last, "amax", include_self=False)
+    return horizon - plan.pixel_start.to(last.dtype) + 18.0
+
+
 def _elements(plan: SamplePlan, lo: int, hi: int, part: int):
     """Element layout of window ``part`` of samples [lo, hi): (local sample index, tick within the sample's
     window, flat position)."""
@@ -296,8 +320,7 @@ def _elements(plan: SamplePlan, lo: int, hi: int, part: int):
     owner = torch.repeat_interleave(torch.arange(hi - lo, device=device), counts, output_size=n)
     first = torch.cumsum(counts, 0) - counts
     step = torch.arange(n, device=device) - first[owner]
-    pixel = plan.pixel_of_pair[plan.pair[lo:hi]]
-    flat = (plan.pixel_offset[pixel] + plan.first_tick[lo:hi, part] - plan.pixel_start[pixel])[owner] + step
+    flat = window_offset(plan, plan.pixel_of_pair[plan.pair[lo:hi]], plan.first_tick[lo:hi, part])[owner] + step
     return owner, step, flat
 
 
@@ -317,6 +340,16 @@ def association_diffusion(params: Params):
     velocity = torch.clamp(params.drift_velocity().detach(), max=RANGES["vdrift"][1])
     tran = torch.clamp(params.tran_diff.detach(), min=RANGES["tran_diff"][2])
     return velocity, tran
+
+
+@torch.no_grad()
+def association_width(start: torch.Tensor, end: torch.Tensor, z_anode: torch.Tensor, params: Params) -> torch.Tensor:
+    """Transverse width [N] cm of each segment's widest cloud, at its end farthest from the anode, for the widest
+    clouds of the parameter ranges (:func:`association_diffusion`): the unit of the (segment, pad) association
+    margin."""
+    far = torch.maximum(drift_stage.drift_distance(start[:, 2], z_anode), drift_stage.drift_distance(end[:, 2], z_anode))
+    velocity, tran = association_diffusion(params)
+    return drift_stage.diffusion_sigma(far, velocity, tran)
 
 
 def exact_from(mu: torch.Tensor, sigma_time: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -396,9 +429,8 @@ def _chunk_charge(lo: int, hi: int, plan: SamplePlan, pairs: Pairs, segments: Se
         taper = tail_taper(t_head, cut[sample_index], taper_width)
         head_value = prefactor[sample_index] * torch.exp(step_f * rate[sample_index])
         values.append(head_value * (taper - 1.0))
-        pixel = plan.pixel_of_pair[rows[sample_index]]
-        positions.append(plan.pixel_offset[pixel] + (plan.first_tick[lo:hi, part][sample_index] + step
-                                                     - plan.pixel_start[pixel]))
+        positions.append(window_offset(plan, plan.pixel_of_pair[rows[sample_index]],
+                                       plan.first_tick[lo:hi, part][sample_index]) + step)
     if not values:
         return charge.new_zeros(plan.buffer_size) + 0.0 * charge.sum()
     return scatter_sum(torch.cat(values), torch.cat(positions), plan.buffer_size, backend)
@@ -550,7 +582,7 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
                  params: Params, detector: Detector, options: InductionOptions) -> SamplePlan:
     """Choose the samples along each pair's stretch of segment and the tick window of each sample."""
     device = pairs.segment.device
-    detached = Params(**{n: getattr(params, n).detach() for n in params.names()}, link_vdrift_efield=params.link_vdrift_efield)
+    detached = params.detached()
     pair_of_sample, u, weight = sample_nodes(pairs, segments, detached, options)
     # tick window of each sample
     charge, mu, sigma_time, amplitude, fast, slow, on_pad = _sample_state(u, weight, pair_of_sample, pairs,
@@ -585,18 +617,16 @@ def plan_samples(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
     first_tick, n_ticks, last_tick = first_tick[evaluated], n_ticks[evaluated], last_tick[evaluated]
     used = n_ticks > 0
     first_tick_any = torch.where(used, first_tick, torch.full_like(first_tick, big)).amin(dim=1)
-    # pixel windows: one leading empty tick (for the discriminator) and 19 trailing ones (integration end)
+    # pixel windows (pixel_windows): from the earliest evaluated tick to the last tick of any sample with charge
     pixel = pixel_of_pair[pair_of_sample]
     lo = torch.full((n_pixels,), big, dtype=torch.long, device=device).scatter_reduce(0, pixel, first_tick_any, "amin")
     no_samples = hi == -big
     hi = torch.where(no_samples, torch.zeros_like(hi), hi)
     lo = torch.where(lo == big, hi, lo)
-    pixel_start = lo - 1
-    pixel_width = hi - pixel_start + 1 + 19
-    pixel_offset = torch.cumsum(pixel_width, 0) - pixel_width
+    pixel_start, pixel_width, pixel_offset, buffer_size = pixel_windows(lo, hi)
     return SamplePlan(pair=pair_of_sample, u=u, weight=weight, first_tick=first_tick, n_ticks=n_ticks,
                       pixel_of_pair=pixel_of_pair, pixel_start=pixel_start, pixel_width=pixel_width,
-                      pixel_offset=pixel_offset, buffer_size=int(pixel_width.sum()),
+                      pixel_offset=pixel_offset, buffer_size=buffer_size,
                       horizon_pair=horizon_samples[0], horizon_u=horizon_samples[1],
                       horizon_weight=horizon_samples[2])
 
@@ -677,11 +707,7 @@ def pixel_horizon(plan: SamplePlan, pairs: Pairs, segments: SegmentState, params
     _, mu, sigma_time, _, _, _, _ = _sample_state(u, weight, pair, pairs, segments, params, detector)
     shift = segments.time_shift[pairs.segment[pair]]
     last = (mu + options.n_sigma_late * sigma_time - shift) / detector.tick
-    pixel = plan.pixel_of_pair[pair]
-    horizon = torch.full((n_pixels,), -1e30, dtype=dtype, device=last.device).scatter_reduce(
-        0, pixel, last, "amax", include_self=False)
-    # ∈ [W − 2, W − 1): the partially exposed column is always inside the window (W = hi − start + 20)
-    return horizon - plan.pixel_start.to(dtype) + 18.0
+    return horizon_columns(last, plan.pixel_of_pair[pair], plan)
 
 
 def to_waveforms(buffer: torch.Tensor, plan: SamplePlan, pixel_table: torch.Tensor) -> Waveforms:

@@ -31,12 +31,10 @@ import torch
 from . import drift as drift_stage
 from .detector import Detector
 from .field_response import ResponseTable, ResponseTableError, hat_expectation, mirrored_index
-from .induction import (SamplePlan, SegmentState, association_diffusion, chunk_bounds, sample_geometry,
-                        sample_nodes, scatter_sum)
+from .induction import (_SIGMA_TIME_FLOOR, SamplePlan, SegmentState, chunk_bounds, horizon_columns,
+                        pixel_windows, sample_geometry, sample_nodes, scatter_sum, window_offset)
 from .params import Params
 from .pixels import Pairs
-
-_SIGMA_TIME_FLOOR = 1e-6   # µs
 
 
 @dataclass
@@ -62,17 +60,13 @@ class TablePlan(SamplePlan):
     bins_per_tick: int = 1
 
 
-def association_margin(segments_start: torch.Tensor, segments_end: torch.Tensor, z_anode: torch.Tensor,
-                       params: Params, detector: Detector, table: ResponseTable, options: TableOptions):
+def association_margin(sigma_far: torch.Tensor, detector: Detector, table: ResponseTable,
+                       options: TableOptions) -> torch.Tensor:
     """Margin [N] cm around each pad within which a segment pairs with it: the table's reach beyond the pad plus
-    ``n_sigma`` widths of the widest transverse cloud of the parameter ranges (as the analytic stage)."""
-    with torch.no_grad():
-        far = torch.maximum(drift_stage.drift_distance(segments_start[:, 2], z_anode),
-                            drift_stage.drift_distance(segments_end[:, 2], z_anode))
-        velocity, tran = association_diffusion(params)
-        sigma = drift_stage.diffusion_sigma(far, velocity, tran)
-        reach = table.reach - 0.5 * detector.pixel_pitch
-        return torch.clamp(reach + options.n_sigma * sigma, min=0.0)
+    ``n_sigma`` widths ``sigma_far`` [N] of the widest transverse cloud of the parameter ranges at each segment's
+    far end (the analytic stage's, :func:`sparsetpc.induction.association_diffusion`)."""
+    reach = table.reach - 0.5 * detector.pixel_pitch
+    return torch.clamp(reach + options.n_sigma * sigma_far, min=0.0)
 
 
 def bins_per_tick(table: ResponseTable, detector: Detector) -> int:
@@ -104,8 +98,7 @@ def plan_table(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segment
     """Samples along each pair's stretch, the items that reach the table, and their tick windows."""
     device = pairs.segment.device
     dtype = segments.start.dtype
-    detached = Params(**{n: getattr(params, n).detach() for n in params.names()},
-                      link_vdrift_efield=params.link_vdrift_efield)
+    detached = params.detached()
     m = bins_per_tick(table, detector)
     # --- sample nodes: the analytic mode's node grid (fixed while the parameters move inside their ranges)
     pair_of_item, u, weight = sample_nodes(pairs, segments, detached, options)
@@ -142,7 +135,7 @@ def plan_table(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segment
     first_bin = torch.floor((t_first - arrival + table.time_window) / step_t).long() - half + 1
     n_items = pair_of_item.numel()
     n_ticks = torch.full((n_items, 1), ticks, dtype=torch.long, device=device)
-    # --- pixel windows: one leading empty tick (discriminator) and 19 trailing ones (integration end)
+    # --- pixel windows (pixel_windows)
     big = torch.iinfo(torch.long).max
     pixel = pixel_of_pair[pair_of_item]
     lo = torch.full((n_pixels,), big, dtype=torch.long, device=device).scatter_reduce(0, pixel, first_tick, "amin")
@@ -151,12 +144,10 @@ def plan_table(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segment
     empty = lo == big
     lo = torch.where(empty, torch.zeros_like(lo), lo)
     hi = torch.where(empty, torch.zeros_like(hi), hi)
-    pixel_start = lo - 1
-    pixel_width = hi - pixel_start + 1 + 19
-    pixel_offset = torch.cumsum(pixel_width, 0) - pixel_width
+    pixel_start, pixel_width, pixel_offset, buffer_size = pixel_windows(lo, hi)
     return TablePlan(pair=pair_of_item, u=u, weight=weight, first_tick=first_tick[:, None], n_ticks=n_ticks,
                      pixel_of_pair=pixel_of_pair, pixel_start=pixel_start, pixel_width=pixel_width,
-                     pixel_offset=pixel_offset, buffer_size=int(pixel_width.sum()), first_bin=first_bin,
+                     pixel_offset=pixel_offset, buffer_size=buffer_size, first_bin=first_bin,
                      half_nodes=half, ticks_per_item=ticks, bins_per_tick=m)
 
 
@@ -220,9 +211,7 @@ def _chunk_charge(lo: int, hi: int, plan: TablePlan, pairs: Pairs, segments: Seg
         strided = window.unfold(1, nodes, m)                                                         # [S, ticks, 2J]
         response = (strided * time_weight[:, None, :]).sum(dim=2)
     values_out = charge[:, None] * detector.tick * response                                       # electrons per tick
-    pixel = plan.pixel_of_pair[rows]
-    tick = first_tick[:, None] + torch.arange(ticks, device=device)[None, :]
-    flat = plan.pixel_offset[pixel][:, None] + (tick - plan.pixel_start[pixel][:, None])
+    flat = window_offset(plan, plan.pixel_of_pair[rows], first_tick)[:, None] + torch.arange(ticks, device=device)[None, :]
     return scatter_sum(values_out.reshape(-1), flat.reshape(-1), plan.buffer_size, backend)
 
 
@@ -270,8 +259,4 @@ def table_horizon(plan: TablePlan, pairs: Pairs, segments: SegmentState, params:
         end = arrival
     else:
         end = arrival - table.time_window + table.shape[2] * table.sampling + options.n_sigma * sigma_time
-    last = (end - shift) / detector.tick
-    pixel = plan.pixel_of_pair[plan.pair]
-    horizon = torch.full((n_pixels,), -1e30, dtype=dtype, device=last.device).scatter_reduce(
-        0, pixel, last, "amax", include_self=False)
-    return horizon - plan.pixel_start.to(dtype) + 18.0
+    return horizon_columns((end - shift) / detector.tick, plan.pixel_of_pair[plan.pair], plan)

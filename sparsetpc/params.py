@@ -99,6 +99,11 @@ class Params:
                 raise ParameterError(f"unknown parameter {key!r}")
         return dataclasses.replace(self, **converted)
 
+    def detached(self) -> "Params":
+        """A copy whose fields are detached from any graph (same tensors' values, no gradients)."""
+        return Params(**{n: getattr(self, n).detach() for n in self.names()},
+                      link_vdrift_efield=self.link_vdrift_efield)
+
     def requires_grad_(self, names: Iterable[str]) -> "Params":
         """Make the named fields leaves that require grad (in place; returns self)."""
         for name in names:

@@ -20,7 +20,7 @@ from .electronics import (FrontEnd, check_mode, draw_readout_noise, expected_rea
                           reference_readout)
 from .exceptions import InputFormatError, MemoryBudgetError
 from .hits import Hits
-from .induction import (InductionOptions, SegmentState, association_diffusion, induce, pixel_horizon,
+from .induction import (InductionOptions, SegmentState, association_width, induce, pixel_horizon,
                         to_waveforms)
 from .induction_table import TableOptions, induce_table, table_horizon
 from .induction_table import association_margin as table_margin
@@ -172,14 +172,11 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     if n_skipped:
         warnings.warn(f"{n_skipped} of {len(segments)} segment(s) have their midpoint outside every drift volume "
                       "and are not simulated (no charge)", stacklevel=2)
-    with torch.no_grad():
-        far = torch.maximum(drift_stage.drift_distance(segments.start[:, 2], drifted.z_anode),
-                            drift_stage.drift_distance(segments.end[:, 2], drifted.z_anode))
-        margin_velocity, margin_tran = association_diffusion(params)
-        sigma_far = drift_stage.diffusion_sigma(far, margin_velocity, margin_tran)
+    sigma_far = association_width(segments.start, segments.end, drifted.z_anode, params)
+    if table is None:
         margin = options.n_sigma_pad * sigma_far
-        if table is not None:           # the table's reach: neighbouring pixels included
-            margin = table_margin(segments.start, segments.end, drifted.z_anode, params, detector, table, TableOptions())
+    else:                               # the table's reach: neighbouring pixels included
+        margin = table_margin(sigma_far, detector, table, TableOptions())
     pairs = associate(segments.start.detach(), segments.end.detach(), drifted.plane, margin, detector)
     pixel_table, pixel_of_pair = _pixel_table(pairs, segments, detector)
     n_pixels = pixel_table.shape[0]

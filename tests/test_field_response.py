@@ -16,7 +16,7 @@ from sparsetpc import drift as drift_stage
 from sparsetpc.field_response import (ResponseTable, ResponseTableError, analytic_response_table, interpolate_response,
                                       load_response_table, response_settings_from_yaml, save_response_table,
                                       weighting_field_response_table)
-from sparsetpc.induction import SegmentState
+from sparsetpc.induction import SegmentState, association_width
 from sparsetpc.induction_table import TableOptions, association_margin, induce_table
 from sparsetpc.pipeline import _pixel_table
 from sparsetpc.pixels import associate
@@ -56,7 +56,7 @@ def run_table_induction(rows, params, table, options=None):
     electrons = quench(segs.dEdx, segs.dE, params)
     drifted = drift_stage.drift_segments(segs.start, segs.end, electrons, params, DET)
     options = options or TableOptions()
-    margin = association_margin(segs.start, segs.end, drifted.z_anode, params, DET, table, options)
+    margin = association_margin(association_width(segs.start, segs.end, drifted.z_anode, params), DET, table, options)
     pairs = associate(segs.start, segs.end, drifted.plane, margin, DET)
     pixel_table, pixel_of_pair = _pixel_table(pairs, segs, DET)
     n = len(segs)
