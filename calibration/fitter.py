@@ -542,17 +542,16 @@ class Fitter:
         warn = degeneracy_warnings(ps.names, unc) if unc is not None else []
         statistical = self.loss_is_chi2
         # the sandwich covariance: σ that do not assume the model's noise is exactly the data's
-        sandwich = {"sigma": None, "batches": len(batch_gradients or []), "reason": None}
         sigma_sandwich = None
         if not statistical:
-            sandwich["reason"] = "not a likelihood or chi2"
+            sandwich_reason = "not a likelihood or chi2"
         elif hess is None:
-            sandwich["reason"] = "no Hessian (--no-hessian)"
+            sandwich_reason = "no Hessian (--no-hessian)"
         elif self.dist.enabled:
-            sandwich["reason"] = "not computed in distributed fits (batch gradients are on other ranks)"
+            sandwich_reason = "not computed in distributed fits (batch gradients are on other ranks)"
         else:
             computed = sandwich_covariance(hess, batch_gradients)
-            sandwich["reason"] = computed["reason"]
+            sandwich_reason = computed["reason"]
             if computed["covariance"] is not None:
                 cov_sandwich = to_physical(computed["covariance"], ps.jacobians(ps.physical_values(leaves)))
                 sigma_sandwich = np.sqrt(np.abs(np.diag(cov_sandwich)))
@@ -583,7 +582,7 @@ class Fitter:
             "iterations": int(iterations),
             "final_loss": float(final_loss),
             "sigma_reason": sigma_reason,
-            "sandwich": {"batches": sandwich["batches"], "reason": sandwich["reason"],
+            "sandwich": {"batches": len(batch_gradients or []), "reason": sandwich_reason,
                          "what": "H^-1 V H^-1, V the covariance of the per-batch scores at the fitted point: sigma "
                                  "robust to a noise model that is not exactly the data's"},
             "converged": convergence["converged"],

@@ -70,8 +70,7 @@ class SimForward:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             hits = self._simulate(segments, self.detector, params, **kwargs)
-        events = tuple(sorted(set(int(e) for e in torch.unique(segments.event_id).tolist()))) \
-            if hasattr(segments, "event_id") else ()
+        events = tuple(torch.unique(segments.event_id).tolist()) if hasattr(segments, "event_id") else ()
         for item in caught:
             message = str(item.message)
             if _CAP_WARNING in message:

@@ -354,16 +354,16 @@ def association_width(start: torch.Tensor, end: torch.Tensor, z_anode: torch.Ten
 
 def exact_from(mu: torch.Tensor, sigma_time: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """Time [µs] before which a component (time constant ``scale``) is its pure exponential tail to 1e-9:
-    μ − σ(6 + σ/s) (see :func:`exponential_tail`)."""
+    μ − σ(6 + σ/s): there Φ = 1 to 1e-9 and the smeared response is the pure exponential
+    exp((t − μ)/s + σ²/2s²)/s (the form the early tails are evaluated in, :func:`_chunk_charge`)."""
     return mu - sigma_time * (6.0 + sigma_time / scale)
 
 
-def tail_cuts(mu, sigma_time, amplitude, fast, slow, eps: float, fraction=None):
+def tail_cuts(mu, sigma_time, amplitude, fast, slow, eps: float, fraction):
     """Times [µs] where the fast and slow components' early tails fall below ``eps`` of the charge of the
     sample's node: reach s·log(1 + w/eps) before the exact region (w = fraction on the pad × the component's
     weight), which is smooth in w and tends to 0 for a component carrying less than eps.  The tails are tapered
     to zero at the cuts."""
-    fraction = torch.ones_like(mu) if fraction is None else fraction
     fast_weight = torch.clamp(fraction * amplitude, min=0.0)
     slow_weight = torch.clamp(fraction * (1.0 - amplitude), min=0.0)
     fast_cut = exact_from(mu, sigma_time, fast) - fast * torch.log1p(fast_weight / eps)
@@ -376,12 +376,6 @@ def tail_taper(t: torch.Tensor, cut: torch.Tensor, width: float) -> torch.Tensor
     zero weight, so the loss does not step when a parameter moves the window by a tick."""
     x = torch.clamp((t - cut) / width, 0.0, 1.0)
     return x * x * (3.0 - 2.0 * x)
-
-
-def exponential_tail(t: torch.Tensor, mu: torch.Tensor, sigma: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """:func:`smeared_truncated_exponential` where t ≤ μ − σ(6 + σ/s): there Φ = 1 to 1e-9 and the response is
-    the pure exponential exp((t − μ)/s + σ²/2s²)/s."""
-    return torch.exp(torch.clamp((t - mu) / scale + 0.5 * (sigma / scale) ** 2, max=0.0)) / scale
 
 
 def _chunk_charge(lo: int, hi: int, plan: SamplePlan, pairs: Pairs, segments: SegmentState, params: Params,
@@ -487,10 +481,7 @@ def segment_pieces(distance_start: torch.Tensor, distance_end: torch.Tensor, len
     # breakpoints in distance: near, lowest·2, lowest·4, ..., far (the last piece absorbs what the cap leaves)
     breaks = lowest[:, None] * torch.exp2(k)[None, :]
     breaks[:, 0] = near
-    last = count[:, None] == torch.arange(width + 1, device=length.device)[None, :]
-    breaks = torch.where(last, far[:, None], breaks)
-    breaks = torch.where(torch.arange(width + 1, device=length.device)[None, :] > count[:, None], far[:, None], breaks)
-    breaks = torch.minimum(breaks, far[:, None])
+    breaks = torch.where(k[None, :] >= count[:, None], far[:, None], torch.minimum(breaks, far[:, None]))
     # distance → position along the segment (distance is linear in u when the plane is not crossed)
     change = distance_end - distance_start
     safe_change = torch.where(change.abs() > 1e-12, change, torch.ones_like(change))
