@@ -102,9 +102,10 @@ def add_response_options(parser) -> None:
                         help="linear (smooth, differentiable) or nearest (larnd-sim's lookup, for comparisons)")
 
 
-def response_from_arguments(args, detector_yaml=None):
+def response_from_arguments(args, detector_yaml=None, detector=None):
     """The ``response`` argument of ``st.simulate`` from the ``--response`` options: 'analytic' or a
-    ResponseTable (settings: explicit options, then the detector YAML's keys, then the file's, then defaults)."""
+    ResponseTable (settings: explicit options, then the detector YAML's keys, then the file's, then defaults),
+    checked against ``detector``'s tick (default: module 0's)."""
     from sparsetpc.field_response import load_response_table, response_settings_from_yaml
     if args.response == "analytic":
         given = [name for name in ("response_bin_size", "response_sampling", "response_time_window")
@@ -124,7 +125,7 @@ def response_from_arguments(args, detector_yaml=None):
     table = load_response_table(args.response, interpolation=args.response_interpolation, **settings)
     from sparsetpc.detector import Detector
     from sparsetpc.induction_table import bins_per_tick
-    bins_per_tick(table, Detector.default())
+    bins_per_tick(table, detector if detector is not None else Detector.default())
     return table
 
 
@@ -168,11 +169,11 @@ def _simulate(args) -> int:
     detector = st.Detector.from_larnd_yaml(args.detector, args.layout) if (args.detector or args.layout) else st.Detector.default()
     if args.format == "packets":
         _check_packets_wiring(detector)
+    response = response_from_arguments(args, args.detector, detector)     # a bad table stops before any work
     cuts = st.Cuts.none() if args.no_cuts else st.Cuts()
     segments = st.load_segments(args.input, cuts=cuts, dtype=dtype, device=args.device, events=args.events)
     params = st.Params.nominal(dtype=dtype, device=args.device,
                                **{k: v for k, v in detector.nominal_parameters.items()})
-    response = response_from_arguments(args, args.detector)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         params.validate()
