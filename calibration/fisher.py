@@ -43,13 +43,10 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .losses.likelihood import COUNT_FLOOR
+from .losses.likelihood import COUNT_FLOOR, MAX_CORRELATION, TIME_VARIANCE_FLOOR, readout_covariance
 
 #: per-readout quantities the Fisher information needs, in the order of :func:`readout_table`'s columns
 COLUMNS = ("weight", "adc", "t", "adc_variance", "t_variance", "adc_t_covariance")
-#: the likelihood's time-variance floor [µs²] (a tick's quantisation) and correlation cap (readout_nll defaults)
-TIME_VARIANCE_FLOOR = 0.1 ** 2 / 12.0
-MAX_CORRELATION = 0.99
 
 
 def readout_table(hits) -> tuple:
@@ -123,11 +120,9 @@ def _evaluate(segments, detector, params, front_end, memory_budget):
 
 
 def _likelihood_covariance(values: torch.Tensor, time_variance_floor: float, max_correlation: float) -> torch.Tensor:
-    """[N, 2, 2] covariance of (ADC, t) as the likelihood uses it (time floor added, correlation capped)."""
-    var_a = values[:, 3]
-    var_t = values[:, 4] + time_variance_floor
-    limit = max_correlation * torch.sqrt(var_a * var_t)
-    cov = torch.maximum(torch.minimum(values[:, 5], limit), -limit)
+    """[N, 2, 2] covariance of (ADC, t) as the likelihood uses it (:func:`readout_covariance`)."""
+    var_a, var_t, cov = readout_covariance(values[:, 3], values[:, 4], values[:, 5], time_variance_floor,
+                                           max_correlation)
     return torch.stack([torch.stack([var_a, cov], dim=1), torch.stack([cov, var_t], dim=1)], dim=1)
 
 

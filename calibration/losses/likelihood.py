@@ -43,6 +43,18 @@ BROAD_SCALE = 30.0
 OUTLIER_CHI2 = 50.0
 COUNT_FLOOR = 1e-6
 OUTLIER_WEIGHT = 1e-6
+#: the time-variance floor [µs²] (a tick's quantisation) and the cap on |correlation| of a readout's (ADC, t)
+TIME_VARIANCE_FLOOR = 0.1 ** 2 / 12.0
+MAX_CORRELATION = 0.99
+
+
+def readout_covariance(adc_variance: torch.Tensor, time_variance: torch.Tensor, adc_time_covariance: torch.Tensor,
+                       time_variance_floor: float = TIME_VARIANCE_FLOOR, max_correlation: float = MAX_CORRELATION):
+    """(var_ADC, var_t, cov) of a readout's density as the likelihood uses them: the time floor added, the
+    covariance capped at ``max_correlation``·σ_ADC·σ_t."""
+    var_t = time_variance + time_variance_floor
+    limit = max_correlation * torch.sqrt(adc_variance * var_t)
+    return adc_variance, var_t, torch.maximum(torch.minimum(adc_time_covariance, limit), -limit)
 
 
 def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: torch.Tensor, adc: torch.Tensor,
@@ -52,7 +64,7 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
                 broad_weight: float = BROAD_WEIGHT, broad_scale: float = BROAD_SCALE, outlier_chi2: float = OUTLIER_CHI2,
                 outlier_weight: float = OUTLIER_WEIGHT, count_floor: float = COUNT_FLOOR, min_weight: float = 1e-9,
                 sigma_adc0: Optional[float] = None, sigma_time0: float = 0.1,
-                time_variance_floor: float = 0.1 ** 2 / 12.0) -> Tuple[torch.Tensor, Dict[str, float]]:
+                time_variance_floor: float = TIME_VARIANCE_FLOOR) -> Tuple[torch.Tensor, Dict[str, float]]:
     """(−log L, summary) for guess readouts (pixel keys [Ng, K], slot [Ng], weight, adc, time, variances [Ng])
     and target readouts (pixel keys [Nt, K], slot [Nt], adc, time [Nt]).  See the module docstring.
     ``adc_time_covariance`` [Ng] (optional): the covariance of each guess readout's ADC and time; the readout
@@ -93,16 +105,14 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
         # a slot is reported while w ≥ min_weight (FrontEnd.min_weight): w − min_weight reaches 0 where it drops
         # out, so the density passes into the outlier term continuously however small B is
         w = torch.where(present, torch.clamp(pick(weight) - min_weight, min=0.0), torch.zeros_like(adc_target, dtype=dtype))
-        var_a = torch.where(present, pick(adc_variance), torch.ones_like(w))
-        var_t = torch.where(present, pick(time_variance) + time_variance_floor, torch.ones_like(w))
+        covariance_in = pick(adc_time_covariance) if adc_time_covariance is not None else torch.zeros_like(w)
+        var_a, var_t, covariance = readout_covariance(pick(adc_variance), pick(time_variance), covariance_in,
+                                                      time_variance_floor)
+        var_a = torch.where(present, var_a, torch.ones_like(w))
+        var_t = torch.where(present, var_t, torch.ones_like(w))
+        covariance = torch.where(present, covariance, torch.zeros_like(w))
         da = adc_target.to(dtype) - pick(adc)
         dt = time_target.to(dtype) - pick(time)
-        if adc_time_covariance is None:
-            covariance = torch.zeros_like(var_a)
-        else:
-            limit = 0.99 * torch.sqrt(var_a * var_t)
-            covariance = torch.where(present, torch.maximum(torch.minimum(pick(adc_time_covariance), limit), -limit),
-                                     torch.zeros_like(var_a))
         determinant = var_a * var_t - covariance * covariance
         chi2 = (var_t * da * da - 2.0 * covariance * da * dt + var_a * dt * dt) / determinant
         log_narrow = -0.5 * chi2 - 0.5 * torch.log(determinant) - math.log(2.0 * math.pi)
