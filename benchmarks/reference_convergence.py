@@ -527,8 +527,9 @@ def readout(wave: torch.Tensor, pedestal: float):
     return adc.numpy(), t.numpy(), valid.numpy()
 
 
-def sparsetpc_run(case: dict):
-    """sparsetpc on the same rows: per-pixel charge [U], adc/t [U,10] on the reference's pixel list, extras."""
+def sparsetpc_run(case: dict, response="analytic"):
+    """sparsetpc on the same rows: per-pixel charge [U], adc/t [U,10] on the reference's pixel list, extras.
+    ``response``: the analytic pad response or a :class:`~sparsetpc.field_response.ResponseTable`."""
     import sparsetpc as st
     from sparsetpc.segments import SEGMENT_DTYPE
     rows = np.zeros(len(case["rows"]), dtype=SEGMENT_DTYPE)
@@ -537,7 +538,7 @@ def sparsetpc_run(case: dict):
     t_start = time.perf_counter()
     hits = st.simulate(st.Segments.from_numpy(rows, swap=False), st.Detector.default(), st.Params.nominal(),
                        options=st.InductionOptions(reference_time_axis=True), return_waveforms=True,
-                       mode="reference")
+                       mode="reference", response=response)
     elapsed = time.perf_counter() - t_start
     index = {(int(a), int(b)): i for i, (a, b) in enumerate(case["pixel_ids"])}
     U = len(case["pixel_ids"])

@@ -63,7 +63,8 @@ class InductionOptions:
     nothing.
     ``reference_time_axis``: reproduce the differentiable reference's per-segment time axis (current evaluated at
     t_lo + k·tick but deposited at tick round(t_lo/tick) + k, nothing before t_lo = t_start − 5 µs); off by default
-    (physically the current is evaluated at the tick times).  Only for parity studies.
+    (physically the current is evaluated at the tick times).  Only for parity studies (either response: the
+    analytic pad response or a table, whose exact cloud integration is compared there with the continuum).
     """
 
     n_sigma_pad: float = 6.0

@@ -141,9 +141,6 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     front_end = front_end or FrontEnd(tick=detector.tick)
     options = options or InductionOptions()
     table = resolve_response(response)
-    if table is not None and options.reference_time_axis:
-        raise ValueError("reference_time_axis reproduces the analytic reference model; it does not apply to a "
-                         "response table")
     check_mode(mode, noise)
     if len(segments) == 0:
         raise InputFormatError("no segments to simulate (empty input)")
