@@ -363,12 +363,17 @@ def check_arguments(args) -> None:
             loss = _loss(args, name)
             loss.options.update(_options([o for o in opts.split(",") if o], f"--losses {entry}"))
             args.scan_losses[entry] = loss
-    # last: create the output directory (the surest test that it can be written)
+    # last: create the output directory (the surest test that it can be written); one made here is removed
+    # again, so that a run refused later (e.g. its target file) leaves nothing behind; the command makes it
+    existed = os.path.isdir(args.out)
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as error:
         raise UsageError(f"--out {args.out}: cannot create the output directory ({error.strerror or error})") from None
-    _require(os.access(args.out, os.W_OK | os.X_OK), f"--out {args.out}: directory is not writable")
+    writable = os.access(args.out, os.W_OK | os.X_OK)
+    if not existed:
+        os.rmdir(args.out)
+    _require(writable, f"--out {args.out}: directory is not writable")
 
 
 # ---------------------------------------------------------------------------------------------- setup

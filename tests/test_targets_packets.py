@@ -130,6 +130,7 @@ def test_empty_or_foreign_target_file_is_an_error(sample, tmp_path, capsys):
     (tmp_path / "text.h5").write_text("not hdf5")
     assert main(fit_args(d, tmp_path / "text.h5", tmp_path / "o")) == 2
     assert "text.h5" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()              # a refused run leaves no empty output directory
 
 
 def test_target_event_missing_from_input_is_refused(sample, tmp_path, capsys):
