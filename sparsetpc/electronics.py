@@ -158,12 +158,16 @@ def _gauss_hermite(n: int, like: torch.Tensor):
 
 
 def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
-                  nodes, node_weights, horizon_exposure, last, active=None):
+                  nodes, node_weights, horizon_exposure, last, active=None, slopes=False):
     """One trigger attempt of the hard walk from the continuous ``position`` [U] with a reset baseline of σ
     ``sigma_baseline``: probabilities and probability-weighted sums of the stored (passed) and failed reads.
 
     Hard mode starts at integer ticks; a fractional position n + φ is the mixture of the walks from n (weight
     1 − φ) and n + 1 (weight φ), so every output is continuous in the position.
+
+    With ``slopes`` three more outputs (last): the derivatives with respect to the start position of the stored
+    probability, Σ value and Σ crossing, as the secants of the walks from n, n + 1 and n + 2 mixed with the same
+    weights (continuous in the position, as the outputs are; one more walk).
 
     ``active`` [U] (bool, optional): only these rows are walked; the others' outputs are 0 (rows are
     independent, so the result of a row does not depend on which others are walked).  Columns before the
@@ -173,10 +177,10 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
         walked = torch.nonzero(active).flatten()
         if walked.numel() < n_total:
             if walked.numel() == 0:
-                return tuple(cumulative.new_zeros(n_total) for _ in range(9))
+                return tuple(cumulative.new_zeros(n_total) for _ in range(12 if slopes else 9))
             sub = _walk_attempt(position[walked], sigma_baseline, cumulative[walked], padded[walked],
                                 read_charge[walked], columns_f, end_f[walked], front_end, nodes, node_weights,
-                                horizon_exposure[walked], last[walked])
+                                horizon_exposure[walked], last[walked], slopes=slopes)
             return tuple(cumulative.new_zeros(n_total).index_copy(0, walked, value) for value in sub)
     dtype = cumulative.dtype
     n_pixels, width = cumulative.shape
@@ -193,8 +197,9 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
     if skip > 0:
         cumulative, read_charge, end_f = cumulative[:, skip:], read_charge[:, skip:], end_f[:, skip:]
         columns_f, horizon_exposure = columns_f[skip:], horizon_exposure[:, skip:]
-    start = torch.cat([lower, lower + 1])                                                       # [2U] integer
-    rows = torch.cat([torch.arange(n_pixels, device=start.device)] * 2)
+    starts = [lower, lower + 1] + ([torch.minimum(lower + 2, last + 1)] if slopes else [])
+    start = torch.cat(starts)                                                                  # [2U or 3U] integer
+    rows = torch.cat([torch.arange(n_pixels, device=start.device)] * len(starts))
     base = padded[rows, start]                                                                 # C(start − 1)
     exposed = columns_f[None, :] >= start.to(dtype)[:, None]                                   # [2U, W]
     baseline = nodes * sigma_baseline                                                          # [M]
@@ -219,14 +224,20 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
                            failed_column.sum(dim=1), (failed_column * end_f[rows]).sum(dim=1),
                            stored_square.sum(dim=(1, 2)), (stored_column * columns_f * columns_f).sum(dim=1),
                            (stored_value.sum(dim=2) * columns_f).sum(dim=1)])                     # [9, 2U]
-    mixed = outputs[:, :n_pixels] * (1.0 - fraction) + outputs[:, n_pixels:] * fraction
-    return tuple(mixed)
+    low, middle = outputs[:, :n_pixels], outputs[:, n_pixels:2 * n_pixels]
+    mixed = low * (1.0 - fraction) + middle * fraction
+    if not slopes:
+        return tuple(mixed)
+    high = outputs[:3, 2 * n_pixels:]
+    slope = (middle[:3] - low[:3]) * (1.0 - fraction) + (high - middle[:3]) * fraction
+    return tuple(mixed) + tuple(slope)
 
 
-def _slot_sums(position, chain, walk):
+def _slot_sums(position, chain, walk, slopes=False):
     """One readout slot of :func:`expected_readout` from the mean start ``position`` [U] (``chain`` [U]: the
     probability of reaching the slot): its trigger attempts summed, probability-weighted: (probability,
-    Σ value, Σ crossing, Σ end, Σ value², Σ crossing², Σ value·crossing), each [U]."""
+    Σ value, Σ crossing, Σ end, Σ value², Σ crossing², Σ value·crossing), each [U]; with ``slopes`` also the
+    derivatives of the first three with respect to the start position (through each attempt's own walk)."""
     cumulative, padded, read_charge, columns_f, end_f, front_end, nodes, node_weights, horizon_exposure, last = walk
     n_pixels = cumulative.shape[0]
     tiny = torch.finfo(cumulative.dtype).tiny
@@ -240,12 +251,14 @@ def _slot_sums(position, chain, walk):
     sum_square = cumulative.new_zeros(n_pixels)
     sum_crossing_square = cumulative.new_zeros(n_pixels)
     sum_value_crossing = cumulative.new_zeros(n_pixels)
+    slope_sums = [cumulative.new_zeros(n_pixels) for _ in range(3)] if slopes else []
     for _attempt in range(front_end.max_attempts):
         # rows whose attempt is less probable than min_weight are not walked (their outputs are not reported)
         active = (chain * reach).detach() >= front_end.min_weight
-        p_pass, v_pass, c_pass, e_pass, p_fail, e_fail, v2_pass, c2_pass, vc_pass = _walk_attempt(
+        p_pass, v_pass, c_pass, e_pass, p_fail, e_fail, v2_pass, c2_pass, vc_pass, *slope = _walk_attempt(
             start, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
-            nodes, node_weights, horizon_exposure, last, active)
+            nodes, node_weights, horizon_exposure, last, active, slopes=slopes)
+        slope_sums = [total + reach * part for total, part in zip(slope_sums, slope)]
         probability = probability + reach * p_pass
         sum_value = sum_value + reach * v_pass
         sum_crossing = sum_crossing + reach * c_pass
@@ -261,7 +274,8 @@ def _slot_sums(position, chain, walk):
             break
         start = e_fail / torch.clamp(p_fail, min=tiny) + 1.0 + front_end.dead_ticks
         sigma_baseline = float(front_end.uncorrelated_noise)
-    return probability, sum_value, sum_crossing, sum_end, sum_square, sum_crossing_square, sum_value_crossing
+    return (probability, sum_value, sum_crossing, sum_end, sum_square, sum_crossing_square, sum_value_crossing,
+            *slope_sums)
 
 
 def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optional[torch.Tensor] = None,
@@ -291,8 +305,13 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     ``weight`` [U, R]; with ``moments`` also the variances of hard mode's ADC (including the rounding's 1/12)
     and crossing column given that the readout exists, and their covariance (a high reset baseline both raises the
     read value and triggers earlier: correlations down to −0.7), ``adc_variance``, ``crossing_variance``, ``adc_crossing_covariance`` [U, R]
-    (from the same first-passage sums: E[v²] with the read noise, E[c²]; the spread of the start position
-    is not included).  With ``overflow`` also ``overflow_weight`` [U] (last): the probability that the pixel fires
+    (from the same first-passage sums: E[v²] with the read noise, E[c²]).  A slot's start is the previous
+    slot's end, so the jitter of one readout's crossing carries into the next ones (a long pulse's later readouts
+    jitter ever more, as a random walk): the variance V of the start (0 for the first slot; else the previous
+    slot's crossing variance) adds s_c²·V', s_v²·V' and s_v·s_c·V' to the variances and covariance, s the slopes
+    of the slot's conditional mean crossing and value with respect to its start (law of total variance, to first
+    order; the means stay those of the mean start), V' = max(V − φ(1 − φ), 0): the mixture of the walks from the
+    two integer starts around the mean n + φ already holds a start variance φ(1 − φ).  With ``overflow`` also ``overflow_weight`` [U] (last): the probability that the pixel fires
     more than ``max_readouts`` readouts (the weight of the slot after the last, which hard mode drops; no gradient).
     """
     n_pixels, width = charge.shape
@@ -315,14 +334,15 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
         horizon_exposure = torch.clamp(horizon.to(dtype)[:, None] + 1.0 - columns_f[None, :], 0.0, 1.0)
     tiny = torch.finfo(dtype).tiny
     position = charge.new_zeros(n_pixels)
+    start_variance = charge.new_zeros(n_pixels)       # of the slot's start position (columns²), moments only
     chain = charge.new_ones(n_pixels)
     adcs, crossings, weights, adc_variances, crossing_variances, covariances = [], [], [], [], [], []
     adc_per_electron = front_end.gain * front_end.adc_counts / (front_end.v_ref - front_end.v_cm)
     walk = (cumulative, padded, read_charge, columns_f, end_f, front_end, nodes, node_weights, horizon_exposure, last)
     capped = False
-    for _ in range(front_end.max_readouts):
+    for slot in range(front_end.max_readouts):
         (probability, sum_value, sum_crossing, sum_end, sum_square, sum_crossing_square,
-         sum_value_crossing) = _slot_sums(position, chain, walk)
+         sum_value_crossing, *slopes) = _slot_sums(position, chain, walk, slopes=moments and slot > 0)
         safe = torch.clamp(probability, min=tiny)
         chain = chain * probability
         mean_value = sum_value / safe
@@ -332,9 +352,29 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
         weights.append(chain)
         if moments:
             value_variance = torch.clamp(sum_square / safe - mean_value * mean_value, min=0.0)
+            crossing_variance = torch.clamp(sum_crossing_square / safe - mean_crossing * mean_crossing, min=0.0)
+            covariance = sum_value_crossing / safe - mean_value * mean_crossing
+            if slopes:
+                # the walk from a fractional mean start n + φ mixes the starts n and n + 1: it already holds a
+                # start variance φ(1 − φ); the rest of the start's variance enters through the slopes
+                fraction = position - torch.floor(position.detach())
+                spread = torch.clamp(start_variance - fraction * (1.0 - fraction), min=0.0)
+                slope_probability, slope_value_sum, slope_crossing_sum = slopes
+                # a slot less probable than min_weight is not reported (chain ≤ probability): its slopes are 0,
+                # and the division stays finite (no inf·0 in the backward pass)
+                reported = probability.detach() >= front_end.min_weight
+                denominator = torch.clamp(probability, min=front_end.min_weight)
+                slope_value = torch.where(reported, (slope_value_sum - mean_value * slope_probability) / denominator,
+                                          torch.zeros_like(probability))
+                slope_crossing = torch.where(reported, (slope_crossing_sum - mean_crossing * slope_probability)
+                                             / denominator, torch.zeros_like(probability))
+                value_variance = value_variance + slope_value ** 2 * spread
+                crossing_variance = crossing_variance + slope_crossing ** 2 * spread
+                covariance = covariance + slope_value * slope_crossing * spread
+            start_variance = crossing_variance
             adc_variances.append(value_variance * adc_per_electron ** 2 + 1.0 / 12.0)
-            crossing_variances.append(torch.clamp(sum_crossing_square / safe - mean_crossing * mean_crossing, min=0.0))
-            covariances.append((sum_value_crossing / safe - mean_value * mean_crossing) * adc_per_electron)
+            crossing_variances.append(crossing_variance)
+            covariances.append(covariance * adc_per_electron)
         position = sum_end / safe + 1.0 + front_end.dead_ticks + 1.0
         if not bool((chain.detach() >= front_end.min_weight).any()):
             for _ in range(front_end.max_readouts - len(adcs)):
