@@ -22,7 +22,8 @@ derivatives (which the simulator's checkpointed graph does not provide): 1 + 2P 
 model (no backward), where a finite-difference Hessian needs 2P forward + backward passes per noise seed and
 several seeds to average out the seed-to-seed spread of the observed information.  It is the information of
 the likelihood as written: if the likelihood matches the noise of the hard front end (docs/calibration.md: the
-model's σ_ADC and σ_t agree with 1000 hard-mode seeds within 4 %), it equals the inverse covariance of the
+model's σ_ADC and σ_t agree with 1000 hard-mode seeds within 4 %; readouts of one pixel are correlated, which
+the likelihood ignores: "How far to trust these σ" there), it equals the inverse covariance of the
 maximum-likelihood fit, which tests/test_fisher.py checks against the spread of the score over hard-mode noise
 seeds.
 
