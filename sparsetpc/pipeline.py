@@ -307,7 +307,7 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
                               checkpoint, backend, callback, graph_budget=graph_budget)
     else:
         buffer, plan = induce_table(pairs, pixel_of_pair, n_pixels, state, params, detector, table, None,
-                                    max_elements, checkpoint, backend, callback)
+                                    max_elements, checkpoint, backend, callback, graph_budget=graph_budget)
     if bar is not None:
         bar.close()
     # electronics, in groups of pixels of similar window width
