@@ -61,38 +61,51 @@ class TableOptions:
 
 
 @dataclass
+class TableItems:
+    """The items of the table induction and how they share work; the same on every sampling grid (clock phase).
+
+    Items (I) are sorted by charge sample, then pixel column, then pixel row.  The items of a sample share its
+    drift (position, arrival time, widths, charge) and its time weights; those that also share a pixel column
+    share its x weights and the x contraction with the table.  ``pair`` [I] pair row of each item,
+    ``item_sample`` [I]; ``sample_pair``/``sample_u``/``sample_weight`` [S]: a pair row of each sample's segment,
+    its position along the segment [cm] and its fraction of the segment's charge; ``sample_items``/
+    ``sample_columns``/``sample_rows`` [S + 1]: where each sample's items, columns and rows start;
+    ``column_pair`` [C]/``row_pair`` [R]: a pair row of each (sample, pixel column)/(sample, pixel row) (its pad
+    centre), ``column_sample``/``row_sample`` their sample; ``item_slot`` [I]: column × ``rows_per_sample`` + the
+    rank of the item's row among its sample's rows.  ``arrival`` [S] µs and ``sigma_time`` [S] µs at planning (no
+    gradients): the tick windows' basis.  ``half_nodes`` J (2J time nodes per tick), ``bins_per_tick`` m."""
+
+    pair: torch.Tensor
+    item_sample: torch.Tensor
+    sample_pair: torch.Tensor
+    sample_u: torch.Tensor
+    sample_weight: torch.Tensor
+    sample_items: torch.Tensor
+    sample_columns: torch.Tensor
+    sample_rows: torch.Tensor
+    column_pair: torch.Tensor
+    column_sample: torch.Tensor
+    row_pair: torch.Tensor
+    row_sample: torch.Tensor
+    item_slot: torch.Tensor
+    rows_per_sample: int
+    arrival: torch.Tensor
+    sigma_time: torch.Tensor
+    half_nodes: int
+    bins_per_tick: int
+
+
+@dataclass
 class TablePlan(SamplePlan):
-    """:class:`SamplePlan` of the table induction (``first_tick``/``n_ticks`` [I, 1]) plus the time layout and
-    the sharing of work between items.
+    """:class:`SamplePlan` of the table induction on one sampling grid (``first_tick``/``n_ticks`` [I, 1]):
+    ``items`` (:class:`TableItems`, shared by the grids), ``phase`` µs added to the segments' time shift,
+    ``first_bin`` [S] table bin of the first smearing node of a sample's first tick, ``ticks_per_item`` (every
+    item has the same number of ticks)."""
 
-    Items are sorted by charge sample, then pixel column, then pixel row.  The items of a sample share its drift
-    (position, arrival time, widths, charge) and its time weights; those that also share a pixel column share
-    its x weights and the x contraction with the table.  ``sample_pair``/``sample_u``/``sample_weight`` [S]: a
-    pair row of each sample's segment, its position along the segment and its fraction of the charge;
-    ``item_sample`` [I]; ``sample_items``/``sample_columns``/``sample_rows`` [S + 1]: where each sample's items,
-    columns and rows start; ``column_pair`` [C]/``row_pair`` [R] a pair row of each (sample, pixel column) /
-    (sample, pixel row) (its pad centre), ``column_sample``/``row_sample`` their sample; ``item_slot`` [I]:
-    column × ``rows_per_sample`` + the rank of the item's row among its sample's rows.  ``first_bin`` [S] table
-    bin of the first smearing node of a sample's first tick, ``half_nodes`` J (2J time nodes per tick),
-    ``ticks_per_item`` (every item has the same number of ticks), ``bins_per_tick`` m."""
-
-    sample_pair: Optional[torch.Tensor] = None
-    sample_u: Optional[torch.Tensor] = None
-    sample_weight: Optional[torch.Tensor] = None
-    item_sample: Optional[torch.Tensor] = None
-    sample_items: Optional[torch.Tensor] = None
-    sample_columns: Optional[torch.Tensor] = None
-    sample_rows: Optional[torch.Tensor] = None
-    column_pair: Optional[torch.Tensor] = None
-    column_sample: Optional[torch.Tensor] = None
-    row_pair: Optional[torch.Tensor] = None
-    row_sample: Optional[torch.Tensor] = None
-    item_slot: Optional[torch.Tensor] = None
-    rows_per_sample: int = 1
+    items: Optional[TableItems] = None
+    phase: float = 0.0
     first_bin: Optional[torch.Tensor] = None
-    half_nodes: int = 1
     ticks_per_item: int = 1
-    bins_per_tick: int = 1
 
 
 def association_margin(sigma_far: torch.Tensor, detector: Detector, table: ResponseTable,
@@ -141,14 +154,12 @@ def _first_of(group: torch.Tensor, n_groups: int, values: torch.Tensor) -> torch
 
 
 @torch.no_grad()
-def plan_table(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segments: SegmentState, params: Params,
-               detector: Detector, table: ResponseTable, options: TableOptions) -> TablePlan:
-    """Samples along each pair's stretch, the items that reach the table, how they share work, and their tick
-    windows."""
+def plan_items(pairs: Pairs, segments: SegmentState, params: Params, detector: Detector, table: ResponseTable,
+               options: TableOptions) -> TableItems:
+    """Samples along each pair's stretch, the items that reach the table and how they share work."""
     device = pairs.segment.device
     dtype = segments.start.dtype
     detached = params.detached()
-    m = bins_per_tick(table, detector)
     # --- sample nodes: the analytic mode's node grid (fixed while the parameters move inside their ranges); the
     # pairs of a segment share its nodes, so a (segment, u) is one charge sample
     pair_of_item, u, weight = sample_nodes(pairs, segments, detached, options)
@@ -164,9 +175,8 @@ def plan_table(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segment
                                                                       pairs, segments, detached, detector)
     # --- items whose cloud reaches the table and that carry charge
     offset = position[item_sample] - pairs.center[pair_of_item]
-    nearest = table.interpolation == "nearest"
     reach = torch.tensor(table.shape[:2], dtype=dtype, device=device)[None, :] * table.bin_size
-    if nearest:
+    if table.interpolation == "nearest":
         inside = (offset.abs() < reach).all(dim=1)
     else:
         inside = (offset.abs() - options.n_sigma * sigma_trans[item_sample, None]
@@ -186,40 +196,53 @@ def plan_table(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segment
     columns, item_column = torch.unique_consecutive(item_sample * n_columns_max + column, return_inverse=True)
     rows, item_row = torch.unique(item_sample * n_rows_max + row, return_inverse=True)
     column_sample, row_sample = columns // n_columns_max, rows // n_rows_max
-    sample_items = _starts(item_sample, n_samples)
-    sample_columns = _starts(column_sample, n_samples)
     sample_rows = _starts(row_sample, n_samples)
     rows_per_sample = int((sample_rows[1:] - sample_rows[:-1]).max()) if n_samples else 1
-    item_slot = item_column * rows_per_sample + item_row - sample_rows[item_sample]
-    sample_pair = _first_of(item_sample, n_samples, pair_of_item)
-    column_pair = _first_of(item_column, columns.numel(), pair_of_item)
-    row_pair = _first_of(item_row, rows.numel(), pair_of_item)
-    segment = pairs.segment[sample_pair]
-    shift = segments.time_shift.detach()[segment]
-    # --- tick windows (per sample): the table's span (nodes −1 … Nt, the zero nodes included) ± n_sigma σ_t
-    n_time = table.shape[2]
-    step_t = table.sampling
-    if nearest:
+    if table.interpolation == "nearest":
         half = 1
+    else:
+        half = int(math.ceil(options.n_sigma * float(sigma_time.max()) / table.sampling)) + 1 if n_samples else 1
+    return TableItems(pair=pair_of_item, item_sample=item_sample,
+                      sample_pair=_first_of(item_sample, n_samples, pair_of_item), sample_u=sample_u,
+                      sample_weight=sample_weight, sample_items=_starts(item_sample, n_samples),
+                      sample_columns=_starts(column_sample, n_samples), sample_rows=sample_rows,
+                      column_pair=_first_of(item_column, columns.numel(), pair_of_item), column_sample=column_sample,
+                      row_pair=_first_of(item_row, rows.numel(), pair_of_item), row_sample=row_sample,
+                      item_slot=item_column * rows_per_sample + item_row - sample_rows[item_sample],
+                      rows_per_sample=rows_per_sample, arrival=arrival, sigma_time=sigma_time, half_nodes=half,
+                      bins_per_tick=bins_per_tick(table, detector))
+
+
+@torch.no_grad()
+def plan_ticks(items: TableItems, pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int,
+               segments: SegmentState, detector: Detector, table: ResponseTable, options: TableOptions,
+               phase: float = 0.0) -> TablePlan:
+    """Tick windows of the samples on the sampling grid shifted by ``phase`` µs, and the pixel windows."""
+    device = pairs.segment.device
+    dtype = segments.start.dtype
+    segment = pairs.segment[items.sample_pair]
+    shift = segments.time_shift.detach()[segment] + phase
+    arrival, sigma_time = items.arrival, items.sigma_time
+    # --- tick windows (per sample): the table's span (nodes −1 … Nt, the zero nodes included) ± n_sigma σ_t
+    step_t = table.sampling
+    if table.interpolation == "nearest":
         lo_time = arrival - table.time_window
         hi_time = arrival
     else:
-        half = int(math.ceil(options.n_sigma * float(sigma_time.max()) / step_t)) + 1 if sigma_time.numel() else 1
         lo_time = arrival - table.time_window - step_t - options.n_sigma * sigma_time
-        hi_time = arrival - table.time_window + n_time * step_t + options.n_sigma * sigma_time
+        hi_time = arrival - table.time_window + table.shape[2] * step_t + options.n_sigma * sigma_time
     first_tick = torch.floor((lo_time - shift) / detector.tick).long()
     last_tick = torch.floor((hi_time - shift) / detector.tick).long() + 1
     first_tick = torch.maximum(first_tick, segments.first_tick[segment])
     ticks = int((last_tick - first_tick + 1).max()) if first_tick.numel() else 1
     # bin coordinate of the first tick: (t − t_a + T_w)/Δ; its first smearing node floor(·) − J + 1
     t_first = first_tick.to(dtype) * detector.tick + shift
-    first_bin = torch.floor((t_first - arrival + table.time_window) / step_t).long() - half + 1
-    item_first_tick = first_tick[item_sample]
-    n_items = pair_of_item.numel()
-    n_ticks = torch.full((n_items, 1), ticks, dtype=torch.long, device=device)
+    first_bin = torch.floor((t_first - arrival + table.time_window) / step_t).long() - items.half_nodes + 1
+    item_first_tick = first_tick[items.item_sample]
+    n_items = items.pair.numel()
     # --- pixel windows (pixel_windows)
     big = torch.iinfo(torch.long).max
-    pixel = pixel_of_pair[pair_of_item]
+    pixel = pixel_of_pair[items.pair]
     lo = torch.full((n_pixels,), big, dtype=torch.long, device=device).scatter_reduce(0, pixel, item_first_tick,
                                                                                       "amin")
     hi = torch.full((n_pixels,), -big, dtype=torch.long, device=device).scatter_reduce(
@@ -228,16 +251,12 @@ def plan_table(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segment
     lo = torch.where(empty, torch.zeros_like(lo), lo)
     hi = torch.where(empty, torch.zeros_like(hi), hi)
     pixel_start, pixel_width, pixel_offset, buffer_size = pixel_windows(lo, hi)
-    return TablePlan(pair=pair_of_item, u=sample_u[item_sample], weight=sample_weight[item_sample],
-                     first_tick=item_first_tick[:, None], n_ticks=n_ticks,
+    return TablePlan(pair=items.pair, u=items.sample_u[items.item_sample],
+                     weight=items.sample_weight[items.item_sample], first_tick=item_first_tick[:, None],
+                     n_ticks=torch.full((n_items, 1), ticks, dtype=torch.long, device=device),
                      pixel_of_pair=pixel_of_pair, pixel_start=pixel_start, pixel_width=pixel_width,
-                     pixel_offset=pixel_offset, buffer_size=buffer_size, sample_pair=sample_pair,
-                     sample_u=sample_u, sample_weight=sample_weight,
-                     item_sample=item_sample, sample_items=sample_items, sample_columns=sample_columns,
-                     sample_rows=sample_rows, column_pair=column_pair, column_sample=column_sample,
-                     row_pair=row_pair, row_sample=row_sample, item_slot=item_slot,
-                     rows_per_sample=rows_per_sample, first_bin=first_bin, half_nodes=half,
-                     ticks_per_item=ticks, bins_per_tick=m)
+                     pixel_offset=pixel_offset, buffer_size=buffer_size, items=items, phase=phase,
+                     first_bin=first_bin, ticks_per_item=ticks)
 
 
 def transverse_weights(offset: torch.Tensor, sigma: torch.Tensor, bin_size: float, n_bins: int) -> torch.Tensor:
@@ -355,62 +374,72 @@ class _TimeSmear(torch.autograd.Function):
         return grad_waveform, grad_kernel, None, None, None
 
 
-def _chunk_charge(lo: int, hi: int, plan: TablePlan, pairs: Pairs, segments: SegmentState, params: Params,
+def _chunk_charge(lo: int, hi: int, plans, pairs: Pairs, segments: SegmentState, params: Params,
                   detector: Detector, table: ResponseTable, values: torch.Tensor, backend: str, *grad_inputs):
-    """Charge per tick [flat buffer] induced by the items of samples [lo, hi)."""
-    first_item, last_item = int(plan.sample_items[lo]), int(plan.sample_items[hi])
-    sample_pair = plan.sample_pair[lo:hi]
+    """Charge per tick induced by the items of samples [lo, hi) on each plan's sampling grid: one flat buffer per
+    plan.  The transverse work (x/y weights, contraction with the table) is done once for all the grids."""
+    items = plans[0].items
+    first_item, last_item = int(items.sample_items[lo]), int(items.sample_items[hi])
+    sample_pair = items.sample_pair[lo:hi]
     position, arrival, sigma_trans, sigma_time, charge = sample_state(
-        plan.sample_u[lo:hi], plan.sample_weight[lo:hi], sample_pair, pairs, segments, params, detector)
+        items.sample_u[lo:hi], items.sample_weight[lo:hi], sample_pair, pairs, segments, params, detector)
     nx, ny, nt = values.shape
-    b, step_t, m = table.bin_size, table.sampling, plan.bins_per_tick
-    ticks = plan.ticks_per_item
-    first_tick = plan.first_tick[first_item:last_item, 0]
-    item_sample = plan.item_sample[first_item:last_item] - lo
-    t_first = (first_tick[plan.sample_items[lo:hi] - first_item].to(position.dtype) * detector.tick
-               + segments.time_shift[pairs.segment[sample_pair]])                 # [S] µs, first tick of a sample
+    b, step_t = table.bin_size, table.sampling
+    item_sample = items.item_sample[first_item:last_item] - lo
+    pixel = plans[0].pixel_of_pair[items.pair[first_item:last_item]]
+    shift = segments.time_shift[pairs.segment[sample_pair]]
     device = position.device
-    if table.interpolation == "nearest":
-        offset = position[item_sample] - pairs.center[plan.pair[first_item:last_item]]
+    nearest = table.interpolation == "nearest"
+    if nearest:
+        offset = position[item_sample] - pairs.center[items.pair[first_item:last_item]]
         ix = torch.round(offset[:, 0].detach().abs() / b - 0.5).long()
         iy = torch.round(offset[:, 1].detach().abs() / b - 0.5).long()
         inside = (ix < nx) & (iy < ny)
         waveform = values[ix.clamp(max=nx - 1), iy.clamp(max=ny - 1)] * inside[:, None]            # [I, Nt]
-        t = t_first[:, None] + torch.arange(ticks, device=device)[None, :] * detector.tick
-        since_start = (t - arrival[:, None] + table.time_window).detach()[item_sample]
-        k = torch.round(since_start / step_t).long()
-        valid = (since_start > 0) & (since_start < table.time_window) & (k >= 0) & (k < nt)
-        response = torch.gather(waveform, 1, k.clamp(0, nt - 1)) * valid
-        values_out = (charge * detector.tick)[item_sample, None] * response                        # electrons per tick
     else:
-        first_column, last_column = int(plan.sample_columns[lo]), int(plan.sample_columns[hi])
-        first_row, last_row = int(plan.sample_rows[lo]), int(plan.sample_rows[hi])
-        column_sample = plan.column_sample[first_column:last_column] - lo
-        row_sample = plan.row_sample[first_row:last_row] - lo
-        offset_x = position[column_sample, 0] - pairs.center[plan.column_pair[first_column:last_column], 0]
-        offset_y = position[row_sample, 1] - pairs.center[plan.row_pair[first_row:last_row], 1]
+        first_column, last_column = int(items.sample_columns[lo]), int(items.sample_columns[hi])
+        first_row, last_row = int(items.sample_rows[lo]), int(items.sample_rows[hi])
+        column_sample = items.column_sample[first_column:last_column] - lo
+        row_sample = items.row_sample[first_row:last_row] - lo
+        offset_x = position[column_sample, 0] - pairs.center[items.column_pair[first_column:last_column], 0]
+        offset_y = position[row_sample, 1] - pairs.center[items.row_pair[first_row:last_row], 1]
         weight_x = transverse_weights(offset_x, sigma_trans[column_sample], b, nx)                  # [C, Nx]
         weight_y = transverse_weights(offset_y, sigma_trans[row_sample], b, ny)                     # [rows, Ny]
         # each column's rows: its sample's rows, zero weights in the slots past the last
-        slot = torch.arange(plan.rows_per_sample, device=device)
-        sample_rows = plan.sample_rows[lo:hi + 1] - first_row
+        slot = torch.arange(items.rows_per_sample, device=device)
+        sample_rows = items.sample_rows[lo:hi + 1] - first_row
         row_count = (sample_rows[1:] - sample_rows[:-1])[column_sample]
         row_index = torch.where(slot[None, :] < row_count[:, None], sample_rows[:-1][column_sample, None] + slot,
                                 torch.full_like(row_count, last_row - first_row)[:, None])
         row_weights = torch.cat([weight_y, weight_y.new_zeros((1, ny))])[row_index]                 # [C, R, Ny]
         waveform = column_waveforms(values, weight_x, row_weights)                                 # [C, R, Nt]
-        # time weights (per sample): node j of tick 0 is bin first_bin + j at τ = bin·Δ − T_w; y = t − t_a − τ
-        nodes = 2 * plan.half_nodes
-        first_bin = plan.first_bin[lo:hi]
-        bins = first_bin[:, None] + torch.arange(nodes, device=device)[None, :]
-        y = t_first[:, None] - arrival[:, None] - (bins.to(position.dtype) * step_t - table.time_window)
-        kernel = hat_expectation(y, sigma_time[:, None], step_t) * (charge * detector.tick)[:, None]  # [S, 2J]
-        response = time_smear(waveform, kernel[column_sample], first_bin[column_sample], ticks, m)  # [C, R, ticks]
-        slot_index = plan.item_slot[first_item:last_item] - first_column * plan.rows_per_sample
-        values_out = response.reshape(-1, ticks)[slot_index]                                        # electrons per tick
-    pixel = plan.pixel_of_pair[plan.pair[first_item:last_item]]
-    flat = window_offset(plan, pixel, first_tick)[:, None] + torch.arange(ticks, device=device)[None, :]
-    return scatter_sum(values_out.reshape(-1), flat.reshape(-1), plan.buffer_size, backend)
+        slot_index = items.item_slot[first_item:last_item] - first_column * items.rows_per_sample
+        nodes = 2 * items.half_nodes
+    buffers = []
+    for plan in plans:
+        ticks = plan.ticks_per_item
+        first_tick = plan.first_tick[first_item:last_item, 0]
+        sample_first_tick = first_tick[items.sample_items[lo:hi] - first_item]
+        t_first = sample_first_tick.to(position.dtype) * detector.tick + shift + plan.phase   # [S] µs
+        if nearest:
+            t = t_first[:, None] + torch.arange(ticks, device=device)[None, :] * detector.tick
+            since_start = (t - arrival[:, None] + table.time_window).detach()[item_sample]
+            k = torch.round(since_start / step_t).long()
+            valid = (since_start > 0) & (since_start < table.time_window) & (k >= 0) & (k < nt)
+            response = torch.gather(waveform, 1, k.clamp(0, nt - 1)) * valid
+            values_out = (charge * detector.tick)[item_sample, None] * response                     # electrons per tick
+        else:
+            # time weights (per sample): node j of tick 0 is bin first_bin + j at τ = bin·Δ − T_w; y = t − t_a − τ
+            first_bin = plan.first_bin[lo:hi]
+            bins = first_bin[:, None] + torch.arange(nodes, device=device)[None, :]
+            y = t_first[:, None] - arrival[:, None] - (bins.to(position.dtype) * step_t - table.time_window)
+            kernel = hat_expectation(y, sigma_time[:, None], step_t) * (charge * detector.tick)[:, None]  # [S, 2J]
+            response = time_smear(waveform, kernel[column_sample], first_bin[column_sample], ticks,
+                                  items.bins_per_tick)                                               # [C, R, ticks]
+            values_out = response.reshape(-1, ticks)[slot_index]                                     # electrons per tick
+        flat = window_offset(plan, pixel, first_tick)[:, None] + torch.arange(ticks, device=device)[None, :]
+        buffers.append(scatter_sum(values_out.reshape(-1), flat.reshape(-1), plan.buffer_size, backend))
+    return tuple(buffers)
 
 
 def induce_table(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segments: SegmentState, params: Params,
@@ -418,56 +447,73 @@ def induce_table(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segme
                  max_elements: int = 2_000_000, checkpoint: Optional[bool] = None, backend: str = "torch",
                  progress=None, graph_budget: Optional[int] = None):
     """Flat per-pixel-window charge buffer (electrons per tick) and its plan, as :func:`sparsetpc.induction.induce`
-    (``graph_budget``: bytes; with gradients and ``checkpoint`` None the chunks are checkpointed only when the
-    graph of all of them would exceed it, None: always)."""
+    (one sampling grid: :func:`induce_table_phases`)."""
+    return induce_table_phases(pairs, pixel_of_pair, n_pixels, segments, params, detector, table, options,
+                               max_elements, checkpoint, backend, progress, graph_budget)[0]
+
+
+def induce_table_phases(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int, segments: SegmentState,
+                        params: Params, detector: Detector, table: ResponseTable,
+                        options: Optional[TableOptions] = None, max_elements: int = 2_000_000,
+                        checkpoint: Optional[bool] = None, backend: str = "torch", progress=None,
+                        graph_budget: Optional[int] = None, phases=(0.0,)):
+    """[(buffer, plan)] per sampling grid: the segments' time shift plus each of ``phases`` µs (the clock phases
+    of the relaxed front end).  The transverse work is shared by the grids.
+
+    Samples are processed in chunks that hold at most ``max_elements`` · :data:`FLOATS_PER_ELEMENT` floats.  With
+    gradients each chunk is checkpointed (backward recomputes it) when ``checkpoint`` is True, or when it is None
+    and the graph of all chunks would exceed ``graph_budget`` bytes (None: always)."""
     options = options or TableOptions()
-    plan = plan_table(pairs, pixel_of_pair, n_pixels, segments, params, detector, table, options)
+    items = plan_items(pairs, segments, params, detector, table, options)
+    plans = [plan_ticks(items, pairs, pixel_of_pair, n_pixels, segments, detector, table, options, phase)
+             for phase in phases]
     dtype, device = segments.start.dtype, segments.start.device
     values = table.values.to(dtype=dtype, device=device)
     grad_inputs = [t for t in (segments.start, segments.end, segments.n_electrons, segments.t_start,
                                segments.t_end, *[getattr(params, n) for n in params.names()]) if t.requires_grad]
     use_checkpoint = (torch.is_grad_enabled() and bool(grad_inputs)) if checkpoint is None else checkpoint
-    held, graph = _sample_elements(plan, table)
+    held, graph = _sample_elements(plans, table)
     if checkpoint is None and use_checkpoint and graph_budget is not None:
         use_checkpoint = int(graph.sum()) * (torch.finfo(dtype).bits // 8) > graph_budget
-    buffer = torch.zeros(plan.buffer_size, dtype=dtype, device=device)
+    buffers = [torch.zeros(plan.buffer_size, dtype=dtype, device=device) for plan in plans]
     for lo, hi in chunk_bounds(held, max_elements * FLOATS_PER_ELEMENT):
         if use_checkpoint:
-            part = torch.utils.checkpoint.checkpoint(_chunk_charge, lo, hi, plan, pairs, segments, params, detector,
-                                                     table, values, backend, *grad_inputs, use_reentrant=False)
+            parts = torch.utils.checkpoint.checkpoint(_chunk_charge, lo, hi, plans, pairs, segments, params,
+                                                      detector, table, values, backend, *grad_inputs,
+                                                      use_reentrant=False)
         else:
-            part = _chunk_charge(lo, hi, plan, pairs, segments, params, detector, table, values, backend)
-        buffer = buffer + part
+            parts = _chunk_charge(lo, hi, plans, pairs, segments, params, detector, table, values, backend)
+        buffers = [buffer + part for buffer, part in zip(buffers, parts)]
         if progress is not None:
-            progress(int(plan.sample_items[hi] - plan.sample_items[lo]))
-    return buffer, plan
+            progress(int(items.sample_items[hi] - items.sample_items[lo]) * len(plans))
+    return list(zip(buffers, plans))
 
 
-def _sample_elements(plan: TablePlan, table: ResponseTable):
-    """Per sample [S]: the floats a chunk holds while it evaluates the sample's items, and those its graph keeps
-    for backward (int64 indices count as one float)."""
+def _sample_elements(plans, table: ResponseTable):
+    """Per sample [S]: the floats a chunk holds while it evaluates the sample's items on every plan's grid, and
+    those its graph keeps for backward (int64 indices count as one float)."""
+    items = plans[0].items
     nx, ny, nt = table.shape
-    ticks, rows = plan.ticks_per_item, plan.rows_per_sample
-    nodes = 2 * plan.half_nodes
+    rows = items.rows_per_sample
+    nodes = 2 * items.half_nodes
+    n_items = (items.sample_items[1:] - items.sample_items[:-1]).cpu()
+    columns = (items.sample_columns[1:] - items.sample_columns[:-1]).cpu()
+    sample_rows = (items.sample_rows[1:] - items.sample_rows[:-1]).cpu()
     if table.interpolation == "nearest":
-        held_column = held_row = graph_column = graph_row = 0
-        held_item, graph_item = 3 * nt + 4 * ticks, nt + 3 * ticks
-    else:
-        block, width = nodes, (nodes - 1) * plan.bins_per_tick + nodes     # time_smear's blocks
+        held = n_items * (nt + sum(3 * nt + 4 * plan.ticks_per_item for plan in plans))
+        graph = n_items * (nt + sum(3 * plan.ticks_per_item + 1 for plan in plans))
+        return held, graph
+    block, width = nodes, (nodes - 1) * items.bins_per_tick + nodes          # time_smear's blocks
+    # transverse (once): x contraction, waveforms, the weights' temporaries; its graph: waveforms and row weights
+    # (time_smear, column_waveforms), x weights, hat arguments, row index
+    held = columns * (ny * nt + rows * nt + 30 * nx) + sample_rows * 30 * ny + 20 * nodes
+    graph = columns * (rows * (nt + ny + 1) + 6 * nx) + sample_rows * 4 * ny + 20
+    for plan in plans:
+        ticks = plan.ticks_per_item
         blocks = -(-ticks // block)
-        # x contraction, waveforms, time blocks (read, masked, multiplied), Toeplitz matrix, weights' temporaries
-        held_column = ny * nt + rows * (nt + blocks * (2 * width + block)) + width * block + 30 * nx
-        held_row = 30 * ny
-        held_item = 4 * ticks
-        # waveforms and row weights (time_smear, column_waveforms), x weights, hat arguments, kernels, row index
-        graph_column = rows * (nt + ny + 1) + 6 * nx + nodes
-        graph_row = 4 * ny
-        graph_item = ticks + 1                                              # scatter index, slot
-    items = (plan.sample_items[1:] - plan.sample_items[:-1]).cpu()
-    columns = (plan.sample_columns[1:] - plan.sample_columns[:-1]).cpu()
-    sample_rows = (plan.sample_rows[1:] - plan.sample_rows[:-1]).cpu()
-    held = columns * held_column + sample_rows * held_row + items * held_item + 20 * nodes
-    graph = columns * graph_column + sample_rows * graph_row + items * graph_item + 2 * nodes + 20
+        # time blocks (read, masked, multiplied), Toeplitz matrix, values and scatter index; graph: kernels, index
+        held = held + columns * (rows * blocks * (2 * width + block) + width * block) + n_items * 4 * ticks
+        graph = graph + columns * nodes + n_items * (ticks + 1) + 2 * nodes
     return held, graph
 
 
@@ -480,12 +526,13 @@ def table_horizon(plan: TablePlan, pairs: Pairs, segments: SegmentState, params:
     dtype = segments.start.dtype
     if plan.pair.numel() == 0:
         return torch.full((n_pixels,), -1.0, dtype=dtype, device=segments.start.device)
-    _, arrival, _, sigma_time, _ = sample_state(plan.sample_u, plan.sample_weight, plan.sample_pair, pairs, segments,
-                                                params, detector)
-    shift = segments.time_shift[pairs.segment[plan.sample_pair]]
+    items = plan.items
+    _, arrival, _, sigma_time, _ = sample_state(items.sample_u, items.sample_weight, items.sample_pair, pairs,
+                                                segments, params, detector)
+    shift = segments.time_shift[pairs.segment[items.sample_pair]] + plan.phase
     if table.interpolation == "nearest":
         end = arrival
     else:
         end = arrival - table.time_window + table.shape[2] * table.sampling + options.n_sigma * sigma_time
-    last = ((end - shift) / detector.tick)[plan.item_sample]
+    last = ((end - shift) / detector.tick)[items.item_sample]
     return horizon_columns(last, plan.pixel_of_pair[plan.pair], plan)
