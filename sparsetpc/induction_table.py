@@ -64,16 +64,17 @@ class TableOptions:
 class TableItems:
     """The items of the table induction and how they share work; the same on every sampling grid (clock phase).
 
-    Items (I) are sorted by charge sample, then pixel column, then pixel row.  The items of a sample share its
-    drift (position, arrival time, widths, charge) and its time weights; those that also share a pixel column
+    Items (I) are sorted by charge sample, then pixel column, then pixel row; samples by their number of pixel
+    rows (a chunk gives every column as many row slots as its widest sample has rows).  The items of a sample share
+    its drift (position, arrival time, widths, charge) and its time weights; those that also share a pixel column
     share its x weights and the x contraction with the table.  ``pair`` [I] pair row of each item,
     ``item_sample`` [I]; ``sample_pair``/``sample_u``/``sample_weight`` [S]: a pair row of each sample's segment,
     its position along the segment [cm] and its fraction of the segment's charge; ``sample_items``/
     ``sample_columns``/``sample_rows`` [S + 1]: where each sample's items, columns and rows start;
     ``column_pair`` [C]/``row_pair`` [R]: a pair row of each (sample, pixel column)/(sample, pixel row) (its pad
-    centre), ``column_sample``/``row_sample`` their sample; ``item_slot`` [I]: column × ``rows_per_sample`` + the
-    rank of the item's row among its sample's rows.  ``arrival`` [S] µs and ``sigma_time`` [S] µs at planning (no
-    gradients): the tick windows' basis.  ``half_nodes`` J (2J time nodes per tick), ``bins_per_tick`` m."""
+    centre), ``column_sample``/``row_sample`` their sample; ``item_column`` [I] the item's column, ``item_rank``
+    [I] the rank of its row among its sample's rows.  ``arrival`` [S] µs and ``sigma_time`` [S] µs at planning
+    (no gradients): the tick windows' basis.  ``half_nodes`` J (2J time nodes per tick), ``bins_per_tick`` m."""
 
     pair: torch.Tensor
     item_sample: torch.Tensor
@@ -87,8 +88,8 @@ class TableItems:
     column_sample: torch.Tensor
     row_pair: torch.Tensor
     row_sample: torch.Tensor
-    item_slot: torch.Tensor
-    rows_per_sample: int
+    item_column: torch.Tensor
+    item_rank: torch.Tensor
     arrival: torch.Tensor
     sigma_time: torch.Tensor
     half_nodes: int
@@ -186,18 +187,24 @@ def plan_items(pairs: Pairs, segments: SegmentState, params: Params, detector: D
     kept, item_sample = torch.unique(item_sample, return_inverse=True)
     sample_u, sample_weight, arrival, sigma_time = sample_u[kept], sample_weight[kept], arrival[kept], sigma_time[kept]
     n_samples = kept.numel()
-    # --- items by (sample, pixel column, pixel row); columns and rows of each sample
     column = pairs.ix[pair_of_item]
     row = pairs.iy[pair_of_item]
     n_columns_max = int(column.max()) + 1 if column.numel() else 1
     n_rows_max = int(row.max()) + 1 if row.numel() else 1
+    # --- samples by their number of pixel rows
+    row_count = torch.bincount(torch.unique(item_sample * n_rows_max + row) // n_rows_max, minlength=n_samples)
+    by_rows = torch.argsort(row_count, stable=True)
+    rank = torch.empty_like(by_rows)
+    rank[by_rows] = torch.arange(n_samples, device=device)
+    item_sample = rank[item_sample]
+    sample_u, sample_weight, arrival, sigma_time = (t[by_rows] for t in (sample_u, sample_weight, arrival, sigma_time))
+    # --- items by (sample, pixel column, pixel row); columns and rows of each sample
     order = torch.argsort((item_sample * n_columns_max + column) * n_rows_max + row)
     pair_of_item, item_sample, column, row = pair_of_item[order], item_sample[order], column[order], row[order]
     columns, item_column = torch.unique_consecutive(item_sample * n_columns_max + column, return_inverse=True)
     rows, item_row = torch.unique(item_sample * n_rows_max + row, return_inverse=True)
     column_sample, row_sample = columns // n_columns_max, rows // n_rows_max
     sample_rows = _starts(row_sample, n_samples)
-    rows_per_sample = int((sample_rows[1:] - sample_rows[:-1]).max()) if n_samples else 1
     if table.interpolation == "nearest":
         half = 1
     else:
@@ -208,9 +215,8 @@ def plan_items(pairs: Pairs, segments: SegmentState, params: Params, detector: D
                       sample_columns=_starts(column_sample, n_samples), sample_rows=sample_rows,
                       column_pair=_first_of(item_column, columns.numel(), pair_of_item), column_sample=column_sample,
                       row_pair=_first_of(item_row, rows.numel(), pair_of_item), row_sample=row_sample,
-                      item_slot=item_column * rows_per_sample + item_row - sample_rows[item_sample],
-                      rows_per_sample=rows_per_sample, arrival=arrival, sigma_time=sigma_time, half_nodes=half,
-                      bins_per_tick=bins_per_tick(table, detector))
+                      item_column=item_column, item_rank=item_row - sample_rows[item_sample], arrival=arrival,
+                      sigma_time=sigma_time, half_nodes=half, bins_per_tick=bins_per_tick(table, detector))
 
 
 @torch.no_grad()
@@ -309,8 +315,9 @@ def _x_contraction(values: torch.Tensor, weight_x: torch.Tensor) -> torch.Tensor
 
 def time_smear(waveform: torch.Tensor, kernel: torch.Tensor, first_bin: torch.Tensor, ticks: int,
                bins_per_tick: int) -> torch.Tensor:
-    """out[c, r, n] = Σ_j kernel[c, j]·W[c, r, first_bin[c] + n·m + j] [C, R, ticks] for waveforms W [C, R, Nt]
-    on the table's time bins (zero outside them), kernels [C, 2J] and m = ``bins_per_tick``.
+    """out[c, r, n] = Σ_j kernel[c, j]·W[c, r, first_bin[c] + n·m + j] [C, R, ticks] for waveforms W [C, R, Nt + 1]
+    on the table's Nt time bins followed by a zero bin (which the bins outside the table read), kernels [C, 2J]
+    and m = ``bins_per_tick``.
 
     Evaluated as matrix products: the ticks are cut into blocks of 2J, each block reads (2J − 1)·m + 2J
     consecutive bins, and every block of a column is multiplied by the same banded (Toeplitz) matrix
@@ -320,9 +327,9 @@ def time_smear(waveform: torch.Tensor, kernel: torch.Tensor, first_bin: torch.Te
 
 def _smear_layout(waveform: torch.Tensor, kernel: torch.Tensor, first_bin: torch.Tensor, ticks: int,
                   bins_per_tick: int):
-    """Blocks of :func:`time_smear`: (bin index [C, R, blocks · width] clamped into the table, inside-the-table
-    mask [C, 1, blocks · width], lag index [width, block] into the kernel (2J: outside the band), blocks, width)."""
-    n_columns, n_rows, nt = waveform.shape
+    """Blocks of :func:`time_smear`: (bin index [C, R, blocks · width], Nt outside the table; lag index
+    [width, block] into the kernel, 2J outside the band; blocks; width)."""
+    n_columns, n_rows, n_bins = waveform.shape
     nodes = kernel.shape[1]
     block = nodes
     n_blocks = -(-ticks // block)
@@ -331,21 +338,27 @@ def _smear_layout(waveform: torch.Tensor, kernel: torch.Tensor, first_bin: torch
     offsets = (torch.arange(n_blocks, device=device)[:, None] * (block * bins_per_tick)
                + torch.arange(width, device=device)[None, :]).reshape(-1)
     bins = first_bin[:, None] + offsets[None, :]                                   # [C, blocks · width]
-    inside = ((bins >= 0) & (bins < nt)).to(waveform.dtype)[:, None, :]
-    index = bins.clamp(0, nt - 1)[:, None, :].expand(n_columns, n_rows, -1)
+    bins = torch.where((bins >= 0) & (bins < n_bins - 1), bins, torch.full_like(bins, n_bins - 1))
+    index = bins[:, None, :].expand(n_columns, n_rows, -1)
     lag = torch.arange(width, device=device)[:, None] - torch.arange(block, device=device)[None, :] * bins_per_tick
     lag = torch.where((lag >= 0) & (lag < nodes), lag, torch.full_like(lag, nodes))
-    return index, inside, lag, n_blocks, width
+    return index, lag, n_blocks, width
+
+
+def _toeplitz(kernel: torch.Tensor, lag: torch.Tensor) -> torch.Tensor:
+    """[C, width, block] banded matrices kernel[c, lag] (zero where ``lag`` is 2J)."""
+    n_columns = kernel.shape[0]
+    padded = torch.cat([kernel, kernel.new_zeros((n_columns, 1))], dim=1)
+    return padded.gather(1, lag.reshape(1, -1).expand(n_columns, -1)).reshape(n_columns, *lag.shape)
 
 
 class _TimeSmear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, waveform, kernel, first_bin, ticks, bins_per_tick):
         n_columns, n_rows, _ = waveform.shape
-        index, inside, lag, n_blocks, width = _smear_layout(waveform, kernel, first_bin, ticks, bins_per_tick)
-        windows = (waveform.gather(2, index) * inside).reshape(n_columns, n_rows * n_blocks, width)
-        toeplitz = torch.cat([kernel, kernel.new_zeros((n_columns, 1))], dim=1)[:, lag]       # [C, width, block]
-        out = torch.bmm(windows, toeplitz)                                                     # [C, R·blocks, block]
+        index, lag, n_blocks, width = _smear_layout(waveform, kernel, first_bin, ticks, bins_per_tick)
+        windows = waveform.gather(2, index).reshape(n_columns, n_rows * n_blocks, width)
+        out = torch.bmm(windows, _toeplitz(kernel, lag))                                       # [C, R·blocks, block]
         ctx.save_for_backward(waveform, kernel, first_bin)
         ctx.ticks, ctx.bins_per_tick = ticks, bins_per_tick
         return out.reshape(n_columns, n_rows, -1)[:, :, :ticks]
@@ -356,18 +369,17 @@ class _TimeSmear(torch.autograd.Function):
         waveform, kernel, first_bin = ctx.saved_tensors
         n_columns, n_rows, _ = waveform.shape
         nodes = kernel.shape[1]
-        index, inside, lag, n_blocks, width = _smear_layout(waveform, kernel, first_bin, ctx.ticks,
-                                                            ctx.bins_per_tick)
+        index, lag, n_blocks, width = _smear_layout(waveform, kernel, first_bin, ctx.ticks, ctx.bins_per_tick)
         block = lag.shape[1]
         grad_blocks = torch.nn.functional.pad(grad, (0, n_blocks * block - ctx.ticks)).reshape(
             n_columns, n_rows * n_blocks, block)
         grad_waveform = grad_kernel = None
         if ctx.needs_input_grad[0]:
-            toeplitz = torch.cat([kernel, kernel.new_zeros((n_columns, 1))], dim=1)[:, lag]
-            grad_windows = torch.bmm(grad_blocks, toeplitz.transpose(1, 2)).reshape(n_columns, n_rows, -1) * inside
-            grad_waveform = torch.zeros_like(waveform).scatter_add_(2, index, grad_windows)
+            grad_windows = torch.bmm(grad_blocks, _toeplitz(kernel, lag).transpose(1, 2))
+            grad_waveform = torch.zeros_like(waveform).scatter_add_(2, index,
+                                                                    grad_windows.reshape(n_columns, n_rows, -1))
         if ctx.needs_input_grad[1]:
-            windows = (waveform.gather(2, index) * inside).reshape(n_columns, n_rows * n_blocks, width)
+            windows = waveform.gather(2, index).reshape(n_columns, n_rows * n_blocks, width)
             grad_toeplitz = torch.bmm(windows.transpose(1, 2), grad_blocks)                    # [C, width, block]
             grad_kernel = kernel.new_zeros((n_columns, nodes + 1)).index_add_(
                 1, lag.reshape(-1), grad_toeplitz.reshape(n_columns, -1))[:, :nodes]
@@ -383,7 +395,7 @@ def _chunk_charge(lo: int, hi: int, plans, pairs: Pairs, segments: SegmentState,
     sample_pair = items.sample_pair[lo:hi]
     position, arrival, sigma_trans, sigma_time, charge = sample_state(
         items.sample_u[lo:hi], items.sample_weight[lo:hi], sample_pair, pairs, segments, params, detector)
-    nx, ny, nt = values.shape
+    nx, ny, nt = table.shape
     b, step_t = table.bin_size, table.sampling
     item_sample = items.item_sample[first_item:last_item] - lo
     pixel = plans[0].pixel_of_pair[items.pair[first_item:last_item]]
@@ -406,14 +418,15 @@ def _chunk_charge(lo: int, hi: int, plans, pairs: Pairs, segments: SegmentState,
         weight_x = transverse_weights(offset_x, sigma_trans[column_sample], b, nx)                  # [C, Nx]
         weight_y = transverse_weights(offset_y, sigma_trans[row_sample], b, ny)                     # [rows, Ny]
         # each column's rows: its sample's rows, zero weights in the slots past the last
-        slot = torch.arange(items.rows_per_sample, device=device)
         sample_rows = items.sample_rows[lo:hi + 1] - first_row
         row_count = (sample_rows[1:] - sample_rows[:-1])[column_sample]
+        slot = torch.arange(int(row_count.max()), device=device)
         row_index = torch.where(slot[None, :] < row_count[:, None], sample_rows[:-1][column_sample, None] + slot,
                                 torch.full_like(row_count, last_row - first_row)[:, None])
         row_weights = torch.cat([weight_y, weight_y.new_zeros((1, ny))])[row_index]                 # [C, R, Ny]
-        waveform = column_waveforms(values, weight_x, row_weights)                                 # [C, R, Nt]
-        slot_index = items.item_slot[first_item:last_item] - first_column * items.rows_per_sample
+        waveform = column_waveforms(values, weight_x, row_weights)                             # [C, R, Nt + 1]
+        slot_index = (items.item_column[first_item:last_item] - first_column) * slot.numel() \
+            + items.item_rank[first_item:last_item]
         nodes = 2 * items.half_nodes
     buffers = []
     for plan in plans:
@@ -427,16 +440,16 @@ def _chunk_charge(lo: int, hi: int, plans, pairs: Pairs, segments: SegmentState,
             k = torch.round(since_start / step_t).long()
             valid = (since_start > 0) & (since_start < table.time_window) & (k >= 0) & (k < nt)
             response = torch.gather(waveform, 1, k.clamp(0, nt - 1)) * valid
-            values_out = (charge * detector.tick)[item_sample, None] * response                     # electrons per tick
+            values_out = (charge * detector.tick)[item_sample, None] * response                 # electrons per tick
         else:
-            # time weights (per sample): node j of tick 0 is bin first_bin + j at τ = bin·Δ − T_w; y = t − t_a − τ
+            # time weights (per sample): node j of tick 0 is bin first_bin + j, at τ = bin·Δ − T_w; y = t − t_a − τ
             first_bin = plan.first_bin[lo:hi]
             bins = first_bin[:, None] + torch.arange(nodes, device=device)[None, :]
             y = t_first[:, None] - arrival[:, None] - (bins.to(position.dtype) * step_t - table.time_window)
-            kernel = hat_expectation(y, sigma_time[:, None], step_t) * (charge * detector.tick)[:, None]  # [S, 2J]
+            kernel = hat_expectation(y, sigma_time[:, None], step_t) * (charge * detector.tick)[:, None]   # [S, 2J]
             response = time_smear(waveform, kernel[column_sample], first_bin[column_sample], ticks,
-                                  items.bins_per_tick)                                               # [C, R, ticks]
-            values_out = response.reshape(-1, ticks)[slot_index]                                     # electrons per tick
+                                  items.bins_per_tick)                                             # [C, R, ticks]
+            values_out = response.flatten(0, 1)[slot_index]                                     # electrons per tick
         flat = window_offset(plan, pixel, first_tick)[:, None] + torch.arange(ticks, device=device)[None, :]
         buffers.append(scatter_sum(values_out.reshape(-1), flat.reshape(-1), plan.buffer_size, backend))
     return tuple(buffers)
@@ -469,6 +482,8 @@ def induce_table_phases(pairs: Pairs, pixel_of_pair: torch.Tensor, n_pixels: int
              for phase in phases]
     dtype, device = segments.start.dtype, segments.start.device
     values = table.values.to(dtype=dtype, device=device)
+    if table.interpolation == "linear":              # a zero time bin after the table (time_smear reads it outside)
+        values = torch.nn.functional.pad(values, (0, 1))
     grad_inputs = [t for t in (segments.start, segments.end, segments.n_electrons, segments.t_start,
                                segments.t_end, *[getattr(params, n) for n in params.names()]) if t.requires_grad]
     use_checkpoint = (torch.is_grad_enabled() and bool(grad_inputs)) if checkpoint is None else checkpoint
@@ -494,11 +509,10 @@ def _sample_elements(plans, table: ResponseTable):
     those its graph keeps for backward (int64 indices count as one float)."""
     items = plans[0].items
     nx, ny, nt = table.shape
-    rows = items.rows_per_sample
     nodes = 2 * items.half_nodes
     n_items = (items.sample_items[1:] - items.sample_items[:-1]).cpu()
     columns = (items.sample_columns[1:] - items.sample_columns[:-1]).cpu()
-    sample_rows = (items.sample_rows[1:] - items.sample_rows[:-1]).cpu()
+    rows = (items.sample_rows[1:] - items.sample_rows[:-1]).cpu()
     if table.interpolation == "nearest":
         held = n_items * (nt + sum(3 * nt + 4 * plan.ticks_per_item for plan in plans))
         graph = n_items * (nt + sum(3 * plan.ticks_per_item + 1 for plan in plans))
@@ -506,8 +520,8 @@ def _sample_elements(plans, table: ResponseTable):
     block, width = nodes, (nodes - 1) * items.bins_per_tick + nodes          # time_smear's blocks
     # transverse (once): x contraction, waveforms, the weights' temporaries; its graph: waveforms and row weights
     # (time_smear, column_waveforms), x weights, hat arguments, row index
-    held = columns * (ny * nt + rows * nt + 30 * nx) + sample_rows * 30 * ny + 20 * nodes
-    graph = columns * (rows * (nt + ny + 1) + 6 * nx) + sample_rows * 4 * ny + 20
+    held = columns * (ny * nt + rows * nt + 30 * nx) + rows * 30 * ny + 20 * nodes
+    graph = columns * (rows * (nt + ny + 1) + 6 * nx) + rows * 4 * ny + 20
     for plan in plans:
         ticks = plan.ticks_per_item
         blocks = -(-ticks // block)
