@@ -44,8 +44,9 @@ from .pixels import Pairs
 
 
 #: Floats a chunk of the table induction may hold per (sample, tick) element of ``max_elements`` (the analytic
-#: mode's unit, ~40 floats each in the pipeline's memory budget): chunks of 2^19 · 16 floats (64 MiB in float64)
-#: ran fastest on CPU (mixed_trk4, weighting-field table; 4× smaller or larger chunks were 10–20 % slower).
+#: mode's unit, ~40 floats each in the pipeline's memory budget).  On CPU (max_elements = 2^19) chunks of 2^23
+#: floats (64 MiB in float64) ran fastest (mixed_trk4, weighting-field table): half as large ones were ~15 %
+#: slower, 2–4× larger ones no faster.
 FLOATS_PER_ELEMENT = 16
 
 
