@@ -1,9 +1,11 @@
 """Field-response look-up tables vs the analytic pad response: time and peak memory (issue #12).
 
 Cases: the mixed-sample track 4 (shared reference data) and one 10 cm-Δz segment at cot θ = 20; responses: the
-analytic mode, and a larnd-sim-format table (the weighting-field model with 2 pitches of neighbours, 0.04434 cm ×
-0.1 µs bins, as larnd-sim's); forward and forward + backward (8 parameters).  Each run is a fresh Python process
-(peak RSS = its ru_maxrss, the torch import included).  Prints a table, writes benchmarks/results/field_response.json.
+analytic mode and two larnd-sim-format tables (0.04434 cm × 0.1 µs bins, as larnd-sim's): the weighting-field model
+with 2 pitches of neighbours (25 × 25 × 127) and the analytic pad response, collection only (5 × 5 × 270); forward
+and forward + backward (8 parameters).  Each configuration is a fresh Python process (peak RSS = its ru_maxrss, the
+torch import included; time: the fastest of ``--repeats`` runs after a warm-up).  Prints a table, writes
+benchmarks/results/field_response.json.
 
     python benchmarks/field_response.py
 """
@@ -49,10 +51,12 @@ def run_one(config: dict) -> dict:
         return hits
 
     once()                                           # warm-up (allocator, first-call costs)
-    start = time.perf_counter()
-    hits = once()
-    elapsed = time.perf_counter() - start
-    return {**config, "seconds": elapsed, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+    elapsed = []
+    for _ in range(config["repeats"]):
+        start = time.perf_counter()
+        hits = once()
+        elapsed.append(time.perf_counter() - start)
+    return {**config, "seconds": min(elapsed), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
             "n_hits": len(hits)}
 
 
@@ -60,38 +64,48 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "field_response.json"))
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (the fastest counts)")
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(json.loads(args.one))))
         return
-    from sparsetpc.field_response import save_response_table, weighting_field_response_table
-    table = weighting_field_response_table(neighbours=2, gap=2.0)
-    workdir = Path(tempfile.mkdtemp(prefix="field_response_bench."))
-    table_path = save_response_table(table, workdir / "weighting_field.npy")
+    from sparsetpc.field_response import (analytic_response_table, save_response_table,
+                                          weighting_field_response_table)
+    tables = {"weighting_field": ("weighting-field model, 2 pitches of neighbours",
+                                  weighting_field_response_table(neighbours=2, gap=2.0)),
+              "collection": ("analytic pad response, collection only", analytic_response_table())}
     results = []
-    for case in ("mixed_trk4", "segment_dz10_cot20"):
-        for mode in ("fwd", "fwd+bwd"):
-            for response in ("analytic", "table"):
-                config = {"case": case, "mode": mode, "response": response, "table": str(table_path),
-                          "time_window": table.time_window}
-                done = subprocess.run([sys.executable, __file__, "--one", json.dumps(config)], capture_output=True,
-                                      text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-                if done.returncode != 0:
-                    raise SystemExit(f"{case} {mode} {response} failed:\n{done.stderr}")
-                result = json.loads(done.stdout.strip().splitlines()[-1])
-                results.append(result)
-                print(f"{case:20s} {mode:8s} {response:9s} {result['seconds']:8.2f} s  "
-                      f"{result['peak_rss_gb']:6.2f} GB  {result['n_hits']} hits", flush=True)
+    with tempfile.TemporaryDirectory(prefix="field_response_bench.") as directory:
+        paths = {name: save_response_table(table, Path(directory) / f"{name}.npy")
+                 for name, (_, table) in tables.items()}
+        for case in ("mixed_trk4", "segment_dz10_cot20"):
+            for mode in ("fwd", "fwd+bwd"):
+                for response in ("analytic", *tables):
+                    config = {"case": case, "mode": mode, "response": response, "repeats": args.repeats}
+                    if response in tables:
+                        config.update(table=str(paths[response]), time_window=tables[response][1].time_window)
+                    done = subprocess.run([sys.executable, __file__, "--one", json.dumps(config)], capture_output=True,
+                                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                    if done.returncode != 0:
+                        raise SystemExit(f"{case} {mode} {response} failed:\n{done.stderr}")
+                    result = json.loads(done.stdout.strip().splitlines()[-1])
+                    result.pop("table", None)                # a temporary file
+                    results.append(result)
+                    print(f"{case:20s} {mode:8s} {response:16s} {result['seconds']:8.2f} s  "
+                          f"{result['peak_rss_gb']:6.2f} GB  {result['n_hits']} hits", flush=True)
     print("\nLUT / analytic:")
-    for case in ("mixed_trk4", "segment_dz10_cot20"):
-        for mode in ("fwd", "fwd+bwd"):
-            a, t = (next(r for r in results if r["case"] == case and r["mode"] == mode and r["response"] == kind)
-                    for kind in ("analytic", "table"))
-            print(f"{case:20s} {mode:8s} time {t['seconds'] / a['seconds']:5.2f}x  "
-                  f"peak RSS {t['peak_rss_gb'] / a['peak_rss_gb']:5.2f}x")
-    report = {"table": {"model": "weighting-field", "shape": list(table.shape), "bin_size_cm": table.bin_size,
-                        "sampling_us": table.sampling, "time_window_us": table.time_window},
-              "machine": {"threads": 1, "dtype": "float64", "device": "cpu"}, "results": results}
+    for name in tables:
+        for case in ("mixed_trk4", "segment_dz10_cot20"):
+            for mode in ("fwd", "fwd+bwd"):
+                a, t = (next(r for r in results if r["case"] == case and r["mode"] == mode and r["response"] == kind)
+                        for kind in ("analytic", name))
+                print(f"{name:16s} {case:20s} {mode:8s} time {t['seconds'] / a['seconds']:5.2f}x  "
+                      f"peak RSS {t['peak_rss_gb'] / a['peak_rss_gb']:5.2f}x")
+    report = {"tables": {name: {"model": model, "shape": list(table.shape), "bin_size_cm": table.bin_size,
+                                "sampling_us": table.sampling, "time_window_us": table.time_window}
+                         for name, (model, table) in tables.items()},
+              "machine": {"threads": 1, "dtype": "float64", "device": "cpu"},
+              "timing": f"fastest of {args.repeats} runs after a warm-up, memory_budget 500MB", "results": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

@@ -31,6 +31,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from .exceptions import SparseTPCError
 
@@ -234,9 +235,34 @@ def ramp_expectation(y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
 
 def hat_expectation(y: torch.Tensor, sigma: torch.Tensor, spacing: float) -> torch.Tensor:
     """E[hat((y + Z)/h)] for the unit hat of half-width h = ``spacing`` centred at 0, Z ~ N(0, σ²):
-    (ψ(y + h) − 2ψ(y) + ψ(y − h))/h.  σ → 0 gives the hat itself (linear interpolation)."""
-    return (ramp_expectation(y + spacing, sigma) - 2.0 * ramp_expectation(y, sigma)
-            + ramp_expectation(y - spacing, sigma)) / spacing
+    (ψ(y + h) − 2ψ(y) + ψ(y − h))/h.  σ → 0 gives the hat itself (linear interpolation).
+
+    Differentiable in ``y`` and ``sigma`` (broadcast against each other) through the closed forms ∂ψ/∂y = Φ(y/σ)
+    and ∂ψ/∂σ = φ(y/σ): backward keeps only the inputs, not the intermediates of the three ψ."""
+    return _HatExpectation.apply(y, sigma, spacing)
+
+
+class _HatExpectation(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, y, sigma, spacing):
+        ctx.save_for_backward(y, sigma)
+        ctx.spacing = spacing
+        return (ramp_expectation(y + spacing, sigma) - 2.0 * ramp_expectation(y, sigma)
+                + ramp_expectation(y - spacing, sigma)) / spacing
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        y, sigma = ctx.saved_tensors
+        spacing = ctx.spacing
+        by_y = by_sigma = 0.0                     # h·∂E/∂y, h·∂E/∂σ
+        for shift, factor in ((spacing, 1.0), (0.0, -2.0), (-spacing, 1.0)):
+            r = (y + shift) / sigma
+            by_y = by_y + factor * 0.5 * torch.special.erfc(-r / _SQRT2)                # Φ(r)
+            by_sigma = by_sigma + factor * _INV_SQRT_2PI * torch.exp(-0.5 * r * r)     # φ(r)
+        grad_y = (grad * by_y / spacing).sum_to_size(y.shape) if ctx.needs_input_grad[0] else None
+        grad_sigma = (grad * by_sigma / spacing).sum_to_size(sigma.shape) if ctx.needs_input_grad[1] else None
+        return grad_y, grad_sigma, None
 
 
 def mirrored_index(node: torch.Tensor, n_bins: int) -> torch.Tensor:

@@ -432,10 +432,11 @@ def _chunk_charge(lo: int, hi: int, plan: SamplePlan, pairs: Pairs, segments: Se
 
 
 def scatter_sum(values: torch.Tensor, index: torch.Tensor, size: int, backend: str = "torch") -> torch.Tensor:
-    """Σ values into ``size`` bins.  ``torch``: native ``index_add``; ``torch_scatter``: ``scatter_add`` of the
-    optional torch-scatter extension (deterministic on GPU with sorted indices, ``segment_coo``)."""
+    """Σ values into ``size`` bins.  ``torch``: native ``scatter_add`` (its graph keeps the index, not the values);
+    ``torch_scatter``: ``segment_coo`` of the optional torch-scatter extension (deterministic on GPU with sorted
+    indices)."""
     if backend == "torch":
-        return torch.zeros(size, dtype=values.dtype, device=values.device).index_add(0, index, values)
+        return torch.zeros(size, dtype=values.dtype, device=values.device).scatter_add(0, index, values)
     if backend == "torch_scatter":
         try:
             import torch_scatter

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
+from dataclasses import replace
 from typing import Optional, Union
 
 import torch
@@ -22,7 +23,7 @@ from .exceptions import InputFormatError, MemoryBudgetError
 from .hits import Hits
 from .induction import (InductionOptions, SegmentState, association_width, induce, pixel_horizon,
                         to_waveforms)
-from .induction_table import TableOptions, induce_table, table_horizon
+from .induction_table import TableOptions, induce_table_phases, table_horizon
 from .induction_table import association_margin as table_margin
 from .field_response import resolve_response
 from .params import Params
@@ -199,15 +200,25 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
     buffer = plan = None
     sums = None
     overflow = None
+    base_state = SegmentState(start=segments.start, end=segments.end, n_electrons=electrons, t_start=segments.t_start,
+                              t_end=segments.t_end, z_anode=drifted.z_anode, time_shift=time_shift,
+                              first_tick=first_tick)
+    induced = None
+    if table is not None:               # all phases at once: they share the transverse work
+        bar, callback = _progress_bar(progress)
+        induced = induce_table_phases(pairs, pixel_of_pair, n_pixels, base_state, params, detector, table, None,
+                                      max_elements, checkpoint, backend, callback, graph_budget=budget // 2,
+                                      phases=[detector.tick * k / phases for k in range(phases)])
+        if bar is not None:
+            bar.close()
     for phase_index in range(phases):
         phase = detector.tick * phase_index / phases
-        state = SegmentState(start=segments.start, end=segments.end, n_electrons=electrons,
-                             t_start=segments.t_start, t_end=segments.t_end, z_anode=drifted.z_anode,
-                             time_shift=time_shift + phase, first_tick=first_tick)
+        state = replace(base_state, time_shift=time_shift + phase) if induced is None else base_state
         (phase_buffer, phase_plan, adc, crossing, valid, weight, adc_variance, crossing_variance,
          crossing_covariance, phase_overflow) = _phase_readouts(
             pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise, generator,
-            max_elements, checkpoint, backend, progress, table, graph_budget=budget // (2 * phases))
+            max_elements, checkpoint, backend, progress, table, graph_budget=budget // (2 * phases),
+            induced=None if induced is None else induced[phase_index])
         time = (phase_plan.pixel_start.to(dtype)[:, None] + crossing) * detector.tick + phase
         time_variance = crossing_variance * detector.tick ** 2
         covariance = crossing_covariance * detector.tick
@@ -286,27 +297,33 @@ def _warn_capped(overflow: Optional[torch.Tensor], mode: str, max_readouts: int)
     return 0.0
 
 
+def _progress_bar(progress: bool):
+    """(tqdm bar, its update callback) of the induction, or (None, None)."""
+    if not progress:
+        return None, None
+    from tqdm.auto import tqdm
+    bar = tqdm(desc="induction", unit="sample", leave=False)
+    return bar, bar.update
+
+
 def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise,
-                    generator, max_elements, checkpoint, backend, progress, table=None, graph_budget=None):
+                    generator, max_elements, checkpoint, backend, progress, table=None, graph_budget=None,
+                    induced=None):
     """Induction and electronics on one sampling grid (``state.time_shift``): (buffer, plan, adc, crossing,
     valid, weight, adc_variance, crossing_variance, adc_crossing_covariance, overflow), seven [U, R], the crossing
     in columns of each pixel's window (moments: relaxed mode only, else 0); ``overflow`` [U]: readouts past the
-    cap (hard), the probability of one (relaxed), 0 (reference)."""
+    cap (hard), the probability of one (relaxed), 0 (reference).  ``induced``: the (buffer, plan) of a response
+    table's induction (:func:`~sparsetpc.induction_table.induce_table_phases`, whose segment state ``state`` then
+    is; the plan carries the grid's phase), else the analytic induction runs here."""
     device = state.start.device
-    bar = None
-    callback = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(desc="induction", unit="sample", leave=False)
-        callback = bar.update
-    if table is None:
+    if induced is None:
+        bar, callback = _progress_bar(progress)
         buffer, plan = induce(pairs, pixel_of_pair, n_pixels, state, params, detector, options, max_elements,
                               checkpoint, backend, callback, graph_budget=graph_budget)
+        if bar is not None:
+            bar.close()
     else:
-        buffer, plan = induce_table(pairs, pixel_of_pair, n_pixels, state, params, detector, table, None,
-                                    max_elements, checkpoint, backend, callback)
-    if bar is not None:
-        bar.close()
+        buffer, plan = induced
     # electronics, in groups of pixels of similar window width
     use_checkpoint = (torch.is_grad_enabled() and buffer.requires_grad) if checkpoint is None else checkpoint
     readouts = front_end.max_readouts
