@@ -40,6 +40,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     data = rc.shared_data_dir()
+    if not (data / "reference").is_dir():
+        sys.exit(f"reference data not found under {data} (set SPARSETPC_SHARED_DATA)")
     table = analytic_response_table(bin_size=args.bin_size, sampling=args.sampling)
     report = {"table": {"model": "analytic", "shape": list(table.shape), "bin_size_cm": args.bin_size,
                         "sampling_us": args.sampling},
