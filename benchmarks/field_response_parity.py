@@ -14,7 +14,6 @@ benchmarks/results/field_response_parity.json.  Needs ../shared/data.  About 2 m
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from sparsetpc.io import write_json  # noqa: E402  (atomic, strict JSON)
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 CASES = ("test_segment", "mixed_trk0", "mixed_trk1", "mixed_trk4")
@@ -68,7 +69,7 @@ def main(argv=None):
         report["cases"][name] = entry
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
+    write_json(out, report, indent=1)
     print(f"wrote {out}")
 
 

@@ -12,7 +12,6 @@ pixel, and a slot's start inherits the previous slot's jitter) and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -23,6 +22,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from sparsetpc.io import write_json  # noqa: E402  (atomic, strict JSON)
 
 
 def _readouts(hits):
@@ -107,7 +108,7 @@ def main(argv=None):
         report = {"input": args.input, "detector": args.detector, "copies": args.copies, "seed": args.seed,
                   "by_slot": by_slot, "unmatched_hard_readouts": unmatched, "readouts": records}
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        write_json(args.out, report, indent=1)
         print(f"wrote {args.out}")
 
 
