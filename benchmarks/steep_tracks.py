@@ -115,7 +115,8 @@ def run_one(config: dict) -> dict:
                             front_end=FrontEnd(tick=detector.tick, clock_phases=config["clock_phases"]))
         nll, summary = readout_nll(hits_pixel_keys(guess), guess.readout.long(), guess.weight, guess.adc, guess.t,
                                    guess.adc_variance, guess.t_variance, hits_pixel_keys(target),
-                                   target.readout.long(), target.adc, target.t, guess.adc_t_covariance)
+                                   target.readout.long(), target.adc, target.t, guess.adc_t_covariance,
+                                   guess.adc_t_previous_covariance, guess.t_previous_covariance)
         if device.startswith("cuda"):
             torch.cuda.synchronize()
         forward_s = time.perf_counter() - start
@@ -132,7 +133,8 @@ def run_one(config: dict) -> dict:
                             front_end=FrontEnd(tick=detector.tick, clock_phases=config["clock_phases"]))
         value, _ = readout_nll(hits_pixel_keys(again), again.readout.long(), again.weight, again.adc, again.t,
                                again.adc_variance, again.t_variance, hits_pixel_keys(target), target.readout.long(),
-                               target.adc, target.t, again.adc_t_covariance)
+                               target.adc, target.t, again.adc_t_covariance, again.adc_t_previous_covariance,
+                               again.t_previous_covariance)
         value.backward()
         if device.startswith("cuda"):
             torch.cuda.synchronize()

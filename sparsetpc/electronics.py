@@ -279,7 +279,8 @@ def _slot_sums(position, chain, walk, slopes=False):
 
 
 def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optional[torch.Tensor] = None,
-                     row_width: Optional[torch.Tensor] = None, moments: bool = False, overflow: bool = False):
+                     row_width: Optional[torch.Tensor] = None, moments: bool = False, overflow: bool = False,
+                     previous_covariances: bool = False):
     """The expectation of :func:`hard_readout` with noise, smooth in ``charge`` [U, W] (e⁻ per tick, column 0 empty).
 
     A walk attempt starts at a continuous position p (0 for the first) with a reset baseline b ~ N(0, σ_b²)
@@ -311,7 +312,12 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     slot's crossing variance) adds s_c²·V', s_v²·V' and s_v·s_c·V' to the variances and covariance, s the slopes
     of the slot's conditional mean crossing and value with respect to its start (law of total variance, to first
     order; the means stay those of the mean start), V' = max(V − φ(1 − φ), 0): the mixture of the walks from the
-    two integer starts around the mean n + φ already holds a start variance φ(1 − φ).  With ``overflow`` also ``overflow_weight`` [U] (last): the probability that the pixel fires
+    two integer starts around the mean n + φ already holds a start variance φ(1 − φ).  With
+    ``previous_covariances`` (and ``moments``) also the covariances of each readout's ADC and crossing with the previous readout's crossing,
+    ``adc_previous_covariance`` [ADC·columns] and ``crossing_previous_covariance`` [columns²] [U, R] (s_v·V and
+    s_c·V, V the previous crossing's variance: the start is that crossing + a fixed offset; 0 for the first slot):
+    what a likelihood needs to score a pixel's readouts as the chain they are (given the previous crossing).
+    With ``overflow`` also ``overflow_weight`` [U] (last): the probability that the pixel fires
     more than ``max_readouts`` readouts (the weight of the slot after the last, which hard mode drops; no gradient).
     """
     n_pixels, width = charge.shape
@@ -337,6 +343,9 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     start_variance = charge.new_zeros(n_pixels)       # of the slot's start position (columns²), moments only
     chain = charge.new_ones(n_pixels)
     adcs, crossings, weights, adc_variances, crossing_variances, covariances = [], [], [], [], [], []
+    previous_value_covariances, previous_crossing_covariances = [], []
+    if previous_covariances and not moments:
+        raise ValueError("expected_readout: previous_covariances=True needs moments=True")
     adc_per_electron = front_end.gain * front_end.adc_counts / (front_end.v_ref - front_end.v_cm)
     walk = (cumulative, padded, read_charge, columns_f, end_f, front_end, nodes, node_weights, horizon_exposure, last)
     capped = False
@@ -354,6 +363,7 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
             value_variance = torch.clamp(sum_square / safe - mean_value * mean_value, min=0.0)
             crossing_variance = torch.clamp(sum_crossing_square / safe - mean_crossing * mean_crossing, min=0.0)
             covariance = sum_value_crossing / safe - mean_value * mean_crossing
+            slope_value = slope_crossing = torch.zeros_like(probability)
             if slopes:
                 # the walk from a fractional mean start n + φ mixes the starts n and n + 1: it already holds a
                 # start variance φ(1 − φ); the rest of the start's variance enters through the slopes
@@ -371,6 +381,8 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
                 value_variance = value_variance + slope_value ** 2 * spread
                 crossing_variance = crossing_variance + slope_crossing ** 2 * spread
                 covariance = covariance + slope_value * slope_crossing * spread
+            previous_value_covariances.append(slope_value * start_variance * adc_per_electron)
+            previous_crossing_covariances.append(slope_crossing * start_variance)
             start_variance = crossing_variance
             adc_variances.append(value_variance * adc_per_electron ** 2 + 1.0 / 12.0)
             crossing_variances.append(crossing_variance)
@@ -378,7 +390,9 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
         position = sum_end / safe + 1.0 + front_end.dead_ticks + 1.0
         if not bool((chain.detach() >= front_end.min_weight).any()):
             for _ in range(front_end.max_readouts - len(adcs)):
-                for column_list in (adcs, crossings, weights) + ((adc_variances, crossing_variances, covariances)
+                for column_list in (adcs, crossings, weights) + ((adc_variances, crossing_variances, covariances,
+                                                                  previous_value_covariances,
+                                                                  previous_crossing_covariances)
                                                                  if moments else ()):
                     column_list.append(torch.zeros_like(chain))
             break
@@ -403,6 +417,9 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
         out = out + (torch.where(valid, torch.stack(adc_variances, 1), zero),
                      torch.where(valid, torch.stack(crossing_variances, 1), zero),
                      torch.where(valid, torch.stack(covariances, 1), zero))
+    if previous_covariances:
+        out = out + (torch.where(valid, torch.stack(previous_value_covariances, 1), zero),
+                     torch.where(valid, torch.stack(previous_crossing_covariances, 1), zero))
     if overflow:
         out = out + (overflow_weight,)
     return out

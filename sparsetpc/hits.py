@@ -39,7 +39,7 @@ def check_finite_readouts(table: np.ndarray, source: str, consequence: str) -> N
 #: Fields of :class:`Hits` with one entry per readout.
 PER_READOUT = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
 #: Relaxed mode's per-readout moments (None in the other modes).
-MOMENTS = ("adc_variance", "t_variance", "adc_t_covariance")
+MOMENTS = ("adc_variance", "t_variance", "adc_t_covariance", "adc_t_previous_covariance", "t_previous_covariance")
 #: Optional per-readout fields (None when absent).
 OPTIONAL = ("weight",) + MOMENTS
 
@@ -72,6 +72,10 @@ class Hits:
     adc_variance: Optional[torch.Tensor] = None  # relaxed mode: variance of hard mode's ADC [ADC²] given the readout
     t_variance: Optional[torch.Tensor] = None    # relaxed mode: variance of its crossing time [µs²]
     adc_t_covariance: Optional[torch.Tensor] = None  # relaxed mode: covariance of ADC and time [ADC·µs]
+    # relaxed mode: covariance of the ADC [ADC·µs] and of the time [µs²] with the previous readout's time on the
+    # pixel (a readout starts where the previous one ended: 0 for the first)
+    adc_t_previous_covariance: Optional[torch.Tensor] = None
+    t_previous_covariance: Optional[torch.Tensor] = None
     n_capped_pixels: float = 0.0       # pixels that would fire more than max_readouts (relaxed: expected number)
 
     def __len__(self) -> int:

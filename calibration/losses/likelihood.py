@@ -57,10 +57,40 @@ def readout_covariance(adc_variance: torch.Tensor, time_variance: torch.Tensor, 
     return adc_variance, var_t, torch.maximum(torch.minimum(adc_time_covariance, limit), -limit)
 
 
+def conditional_readout(adc: torch.Tensor, time: torch.Tensor, adc_variance: torch.Tensor, time_variance: torch.Tensor,
+                        adc_time_covariance: torch.Tensor, previous_time_variance: torch.Tensor,
+                        adc_previous_covariance: torch.Tensor, time_previous_covariance: torch.Tensor,
+                        deviation: torch.Tensor, time_variance_floor: float = TIME_VARIANCE_FLOOR,
+                        max_correlation: float = MAX_CORRELATION):
+    """(mean ADC, mean t, var_ADC, var_t, cov) of a readout's density given the previous readout of its pixel
+    observed ``deviation`` [µs] from the model's mean crossing time.
+
+    A readout's window starts where the previous one's ended, so its (ADC, t) depend on the previous crossing:
+    with V = the previous readout's time variance (+ the floor) and c = (Cov(ADC, t_prev), Cov(t, t_prev)) from
+    the front end (|correlations| capped at ``max_correlation``), the Gaussian regression gives the mean
+    μ + c·deviation/V and the covariance Σ − c cᵀ/V (its own correlation capped as :func:`readout_covariance`).
+    With c = 0 (a pixel's first readout) this is the marginal density of :func:`readout_covariance`."""
+    previous = previous_time_variance + time_variance_floor
+    var_t = time_variance + time_variance_floor
+    limit_t = max_correlation * torch.sqrt(var_t * previous)
+    limit_a = max_correlation * torch.sqrt(adc_variance * previous)
+    c_t = torch.maximum(torch.minimum(time_previous_covariance, limit_t), -limit_t)
+    c_a = torch.maximum(torch.minimum(adc_previous_covariance, limit_a), -limit_a)
+    beta_t, beta_a = c_t / previous, c_a / previous
+    var_a_c = adc_variance - c_a * beta_a
+    var_t_c = var_t - c_t * beta_t
+    covariance = adc_time_covariance - c_a * beta_t
+    limit = max_correlation * torch.sqrt(var_a_c * var_t_c)
+    covariance = torch.maximum(torch.minimum(covariance, limit), -limit)
+    return adc + beta_a * deviation, time + beta_t * deviation, var_a_c, var_t_c, covariance
+
+
 def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: torch.Tensor, adc: torch.Tensor,
                 time: torch.Tensor, adc_variance: torch.Tensor, time_variance: torch.Tensor,
                 pixel_target: torch.Tensor, slot_target: torch.Tensor, adc_target: torch.Tensor,
-                time_target: torch.Tensor, adc_time_covariance: Optional[torch.Tensor] = None, *, n_slots: int = 10,
+                time_target: torch.Tensor, adc_time_covariance: Optional[torch.Tensor] = None,
+                adc_previous_covariance: Optional[torch.Tensor] = None,
+                time_previous_covariance: Optional[torch.Tensor] = None, *, n_slots: int = 10,
                 broad_weight: float = BROAD_WEIGHT, broad_scale: float = BROAD_SCALE, outlier_chi2: float = OUTLIER_CHI2,
                 outlier_weight: float = OUTLIER_WEIGHT, count_floor: float = COUNT_FLOOR, min_weight: float = 1e-9,
                 sigma_adc0: Optional[float] = None, sigma_time0: float = 0.1,
@@ -70,7 +100,12 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
     ``adc_time_covariance`` [Ng] (optional): the covariance of each guess readout's ADC and time; the readout
     density is then the correlated 2-D Gaussian (|correlation| capped at 0.99).
     ``time_variance_floor`` [µs²] is added to the model's time variance (a tick's quantisation, 0.1²/12: the model
-    is not exact to better than that, and a crossing certain to one tick would otherwise have zero width)."""
+    is not exact to better than that, and a crossing certain to one tick would otherwise have zero width).
+    ``adc_previous_covariance``, ``time_previous_covariance`` [Ng] (optional, together): the covariance of each
+    guess readout's ADC and time with the previous readout's time on its pixel (``Hits.adc_t_previous_covariance``,
+    ``t_previous_covariance``); a target readout of slot s ≥ 1 is then scored by its density given the target's
+    own readout of slot s − 1 (:func:`conditional_readout`): the chain p(x_0) Π p(x_s | t_{s−1}) of a pixel's
+    readouts, which are correlated through their shared starts, instead of their product as if independent."""
     dtype, device = adc.dtype, adc.device
     sigma_adc0 = noise_sigma_adc() if sigma_adc0 is None else float(sigma_adc0)
     log_outlier = math.log(outlier_weight) - 0.5 * outlier_chi2 - math.log(2.0 * math.pi * sigma_adc0 * sigma_time0)
@@ -106,13 +141,33 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
         # out, so the density passes into the outlier term continuously however small B is
         w = torch.where(present, torch.clamp(pick(weight) - min_weight, min=0.0), torch.zeros_like(adc_target, dtype=dtype))
         covariance_in = pick(adc_time_covariance) if adc_time_covariance is not None else torch.zeros_like(w)
-        var_a, var_t, covariance = readout_covariance(pick(adc_variance), pick(time_variance), covariance_in,
-                                                      time_variance_floor)
+        mean_a, mean_t = pick(adc), pick(time)
+        if time_previous_covariance is not None and adc_previous_covariance is not None:
+            # the target's previous readout on the pixel and the guess's slot it is scored against
+            target_at = torch.full((n_pixels, n_slots), -1, dtype=torch.long, device=device)
+            target_at[row_target, slot_target] = torch.arange(n_target, device=device)
+            previous_slot = torch.clamp(slot_target - 1, min=0)
+            previous_target = target_at[row_target, previous_slot]
+            previous_guess = where[row_target, previous_slot]
+            chained = present & (slot_target > 0) & (previous_target >= 0) & (previous_guess >= 0)
+            previous_guess = torch.clamp(previous_guess, min=0)
+            previous_target = torch.clamp(previous_target, min=0)
+            zero_c = torch.zeros_like(w)
+            c_a = torch.where(chained, pick(adc_previous_covariance), zero_c)
+            c_t = torch.where(chained, pick(time_previous_covariance), zero_c)
+            deviation = torch.where(chained, time_target.to(dtype)[previous_target] - time[previous_guess], zero_c)
+            mean_a, mean_t, var_a, var_t, covariance = conditional_readout(
+                mean_a, mean_t, pick(adc_variance), pick(time_variance), covariance_in,
+                torch.where(chained, time_variance[previous_guess], zero_c), c_a, c_t, deviation,
+                time_variance_floor)
+        else:
+            var_a, var_t, covariance = readout_covariance(pick(adc_variance), pick(time_variance), covariance_in,
+                                                          time_variance_floor)
         var_a = torch.where(present, var_a, torch.ones_like(w))
         var_t = torch.where(present, var_t, torch.ones_like(w))
         covariance = torch.where(present, covariance, torch.zeros_like(w))
-        da = adc_target.to(dtype) - pick(adc)
-        dt = time_target.to(dtype) - pick(time)
+        da = adc_target.to(dtype) - mean_a
+        dt = time_target.to(dtype) - mean_t
         determinant = var_a * var_t - covariance * covariance
         chi2 = (var_t * da * da - 2.0 * covariance * da * dt + var_a * dt * dt) / determinant
         log_narrow = -0.5 * chi2 - 0.5 * torch.log(determinant) - math.log(2.0 * math.pi)
