@@ -52,6 +52,61 @@ class TestReadoutNLL:
         assert float(nll) == pytest.approx(expected, rel=1e-12)
         assert summary["pixels"] == 1 and summary["target_readouts"] == 1
 
+    def test_known_value_of_a_chained_readout(self):
+        """Slot 1 given the target's slot 0: its density is the Gaussian regression on the previous crossing
+        (mean μ₁ + c·d/V, covariance Σ₁ − c cᵀ/V, d the previous readout's deviation, V its time variance + the
+        floor), written out here; and the chain's value differs from the product of the marginals."""
+        floor = 0.1 ** 2 / 12
+        w = torch.tensor([0.99, 0.9], dtype=D)
+        mu_a, mu_t = torch.tensor([100.0, 95.0], dtype=D), torch.tensor([20.0, 24.0], dtype=D)
+        var_a, var_t = torch.tensor([1.2, 1.4], dtype=D), torch.tensor([0.3, 0.5], dtype=D)
+        cov = torch.tensor([-0.2, -0.1], dtype=D)
+        c_a, c_t = torch.tensor([0.0, 0.15], dtype=D), torch.tensor([0.0, 0.28], dtype=D)
+        x_a, x_t = torch.tensor([101.0, 94.0], dtype=D), torch.tensor([20.6, 24.9], dtype=D)
+        pixel = _pixel([0, 0, 3, 4], [0, 0, 3, 4])
+        slots = torch.tensor([0, 1])
+
+        def nll(*chain):
+            return float(readout_nll(pixel, slots, w, mu_a, mu_t, var_a, var_t, pixel, slots, x_a, x_t, cov, *chain,
+                                     broad_weight=0.0)[0])
+
+        def log_gauss(da, dt, va, vt, cv):
+            det = va * vt - cv * cv
+            return -0.5 * (vt * da * da - 2 * cv * da * dt + va * dt * dt) / det - 0.5 * math.log(det) \
+                - math.log(2 * math.pi)
+
+        def value_term(log_g, weight):
+            w_value = weight - 1e-9
+            return -math.log((w_value * math.exp(log_g) + OUTLIER_WEIGHT * math.exp(_log_outlier()))
+                             / (w_value + OUTLIER_WEIGHT))
+
+        count = -math.log(0.9 - 0.0 + COUNT_FLOOR)
+        first = value_term(log_gauss(1.0, 0.6, 1.2, 0.3 + floor, -0.2), 0.99)
+        previous = 0.3 + floor
+        d = 0.6
+        da, dt = -1.0 - 0.15 * d / previous, 0.9 - 0.28 * d / previous
+        second = value_term(log_gauss(da, dt, 1.4 - 0.15 ** 2 / previous, 0.5 + floor - 0.28 ** 2 / previous,
+                                      -0.1 - 0.15 * 0.28 / previous), 0.9)
+        assert nll(c_a, c_t) == pytest.approx(count + first + second, rel=1e-12)
+        marginal = value_term(log_gauss(-1.0, 0.9, 1.4, 0.5 + floor, -0.1), 0.9)
+        assert nll() == pytest.approx(count + first + marginal, rel=1e-12)
+        assert abs(second - marginal) > 0.05
+
+    def test_gradcheck_of_the_chain(self):
+        pixel = _pixel([0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 2, 5])
+        slots = torch.tensor([0, 1, 2, 0])
+        adc_target = torch.tensor([100.0, 90.0, 85.0, 120.0], dtype=D)
+        t_target = torch.tensor([20.0, 22.1, 24.3, 40.0], dtype=D)
+
+        def fn(w, adc, t, va, vt, cv, ca, ct):
+            return readout_nll(pixel, slots, w, adc, t, va, vt, pixel, slots, adc_target, t_target, cv, ca, ct)[0]
+        inputs = (torch.tensor([0.95, 0.8, 0.6, 0.8], dtype=D), torch.tensor([99.0, 91.0, 84.0, 100.0], dtype=D),
+                  torch.tensor([20.05, 22.0, 24.5, 41.0], dtype=D), torch.tensor([1.1, 1.5, 0.9, 1.0], dtype=D),
+                  torch.tensor([0.02, 0.05, 0.07, 0.02], dtype=D), torch.tensor([-0.05, -0.02, 0.01, 0.0], dtype=D),
+                  torch.tensor([0.0, 0.05, -0.03, 0.0], dtype=D), torch.tensor([0.0, 0.012, 0.03, 0.0], dtype=D))
+        inputs = tuple(x.requires_grad_(True) for x in inputs)
+        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+
     def test_count_terms(self):
         """A pixel the model may fire and the target does not: −log(1 − w0); a pixel with two target readouts
         and model slots (w0, w1): −log(w1 − 0) for the count."""
@@ -164,7 +219,8 @@ class TestExpectedMoments:
         charge = rate * ((ticks > 10) & (ticks < 215)).to(D) * (1.0 + 0.3 * torch.sin(ticks / 17.0))
         charge[:, 0] = 0.0
         fe = FrontEnd()
-        _, _, valid, _, var_adc, var_crossing, _ = expected_readout(charge, fe, moments=True)
+        (_, _, valid, _, var_adc, var_crossing, _, adc_previous,
+         crossing_previous) = expected_readout(charge, fe, moments=True, previous_covariances=True)
         generator = torch.Generator().manual_seed(5)
         draws = [hard_readout(charge, fe, noise=True, generator=generator) for _ in range(800)]
         a = torch.stack([d[0] for d in draws]).to(D)
@@ -178,6 +234,24 @@ class TestExpectedMoments:
             assert torch.all((ratio_c > 0.8) & (ratio_c < 1.2)), (s, ratio_c)
             assert torch.all((ratio_a > 0.8) & (ratio_a < 1.2)), (s, ratio_a)
         assert torch.all(var_crossing[:, 5] > 2.5 * var_crossing[:, 0]), var_crossing[:, :6]
+        # the chain: each slot's covariances with the previous crossing (correlations within 0.1 of hard mode's;
+        # statistical error ≈ 0.03) and its variance given the previous crossing (what the chain likelihood
+        # scores: the residual of the model's regression, within 20 % of hard mode's)
+        for s in slots:
+            previous = c[:, :, s - 1] - c[:, :, s - 1].mean(0)
+            for draws_s, model_cov, model_var in ((c[:, :, s], crossing_previous[:, s], var_crossing[:, s]),
+                                                  (a[:, :, s], adc_previous[:, s], var_adc[:, s])):
+                empirical = ((draws_s - draws_s.mean(0)) * previous).mean(0)
+                hard_corr = empirical / torch.sqrt(draws_s.var(0) * previous.var(0))
+                model_corr = model_cov / torch.sqrt(model_var * var_crossing[:, s - 1])
+                assert torch.all((hard_corr - model_corr).abs() < 0.1), (s, hard_corr, model_corr)
+            beta = crossing_previous[:, s] / var_crossing[:, s - 1]
+            conditional = var_crossing[:, s] - crossing_previous[:, s] * beta
+            ratio = conditional / (c[:, :, s] - beta * c[:, :, s - 1]).var(0)
+            assert torch.all((ratio > 0.8) & (ratio < 1.25)), (s, ratio)
+            # most of a later slot's time variance is its start's: conditioning removes it
+            assert torch.all(conditional < 0.6 * var_crossing[:, s]), (s, conditional, var_crossing[:, s])
+            print("slot", s, "conditional / marginal time variance", (conditional / var_crossing[:, s]).tolist())
 
     def test_gradcheck_of_the_variances(self):
         charge = torch.zeros(2, 40, dtype=D)
