@@ -8,7 +8,12 @@ which the target holds n readouts (slots 0..n−1, in time order), the likelihoo
     P(N = n) · Π_{s<n} p_s(adc_s, t_s),      P(N = n) = w_{n−1} − w_n   (w_{−1} = 1, w_s = 0 past the last slot)
 
 with the readout density a 2-D Gaussian in (ADC, t) with the model's covariance Σ_s (variances and the ADC–time
-covariance: a high reset baseline both raises the read value and triggers earlier), given 1 % of its weight in
+covariance: a high reset baseline both raises the read value and triggers earlier).  A pixel's readouts are a
+chain: slot s starts where slot s − 1 ended, so with the front end's covariances of (ADC_s, t_s) with t_{s−1}
+(``Hits.adc_t_previous_covariance``, ``t_previous_covariance``) slot s ≥ 1 is scored by its density given the
+target's own t_{s−1} (:func:`conditional_readout`: the Gaussian regression on the previous crossing), so the
+pixel's density is p(x_0) Π p(x_s | t_{s−1}), not the product of marginals that would count the jitter shared by
+consecutive readouts of a long pulse several times over.  The density is given 1 % of its weight in
 a component 30 times wider (heavy tails: far from the truth, where every readout is many σ from the model, the
 likelihood still slopes towards it instead of going flat), and an outlier component (a slot whose readout is
 far from the model's, e.g. after a noise-shifted slot, or a slot the model thinks improbable):
