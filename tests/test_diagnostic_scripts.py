@@ -25,7 +25,7 @@ def test_score_spread_report(steep_file, tmp_path, capsys):
     from calibration.scripts.score_spread import main
     out = tmp_path / "spread.json"
     assert main(["--input", str(steep_file), "--params", "lifetime", "tran_diff", "--seeds", "4",
-                 "--clock-phases", "1", "--out", str(out)]) == 0
+                 "--clock-phases", "1", "--split", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["params"] == ["lifetime", "tran_diff"] and len(report["scores"]) == 4
     fisher = np.array(report["fisher"])
@@ -34,6 +34,32 @@ def test_score_spread_report(steep_file, tmp_path, capsys):
         assert 0 < report["variance_over_fisher"][name] < 50
         assert report["sigma_fisher_percent"][name] > 0 and report["sigma_sandwich_percent"][name] > 0
     assert "eigenvalues of F^-1/2 V F^-1/2" in capsys.readouterr().out
+    # the count and value terms split the information and the score
+    split = report["split"]
+    for name in ("lifetime", "tran_diff"):
+        assert split["count"]["share_of_fisher"][name] + split["value"]["share_of_fisher"][name] == \
+            pytest.approx(1.0, rel=1e-9)
+        assert split["value"]["variance_over_fisher"][name] > 0
+
+
+def test_likelihood_terms_add_up():
+    """readout_nll(terms='count') + readout_nll(terms='value') is the whole −log L, in value and gradient."""
+    import torch
+    from calibration.losses import readout_nll
+    d = torch.float64
+    pixel = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 2, 1]])
+    slot = torch.tensor([0, 1, 0])
+    weight = torch.tensor([0.9, 0.5, 0.3], dtype=d, requires_grad=True)
+    args = (pixel, slot, weight, torch.tensor([100.0, 90.0, 80.0], dtype=d), torch.tensor([10.0, 12.0, 11.0], dtype=d),
+            torch.ones(3, dtype=d), torch.full((3,), 0.05, dtype=d), pixel[:2], slot[:2],
+            torch.tensor([101.0, 89.0], dtype=d), torch.tensor([10.1, 12.3], dtype=d))
+    parts = [readout_nll(*args, terms=t)[0] for t in ("all", "count", "value")]
+    assert float(parts[1] + parts[2]) == pytest.approx(float(parts[0]), rel=1e-13)
+    grads = [torch.autograd.grad(p, weight)[0] for p in parts]
+    assert torch.allclose(grads[1] + grads[2], grads[0], rtol=1e-12)
+    assert float(grads[1].abs().sum()) > 0 and float(grads[2].abs().sum()) > 0
+    with pytest.raises(ValueError, match="terms"):
+        readout_nll(*args, terms="counts")
 
 
 def test_slot_moments_report(steep_file, tmp_path):

@@ -99,7 +99,7 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
                 broad_weight: float = BROAD_WEIGHT, broad_scale: float = BROAD_SCALE, outlier_chi2: float = OUTLIER_CHI2,
                 outlier_weight: float = OUTLIER_WEIGHT, count_floor: float = COUNT_FLOOR, min_weight: float = 1e-9,
                 sigma_adc0: Optional[float] = None, sigma_time0: float = 0.1,
-                time_variance_floor: float = TIME_VARIANCE_FLOOR) -> Tuple[torch.Tensor, Dict[str, float]]:
+                time_variance_floor: float = TIME_VARIANCE_FLOOR, terms: str = "all") -> Tuple[torch.Tensor, Dict[str, float]]:
     """(−log L, summary) for guess readouts (pixel keys [Ng, K], slot [Ng], weight, adc, time, variances [Ng])
     and target readouts (pixel keys [Nt, K], slot [Nt], adc, time [Nt]).  See the module docstring.
     ``adc_time_covariance`` [Ng] (optional): the covariance of each guess readout's ADC and time; the readout
@@ -110,7 +110,11 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
     guess readout's ADC and time with the previous readout's time on its pixel (``Hits.adc_t_previous_covariance``,
     ``t_previous_covariance``); a target readout of slot s ≥ 1 is then scored by its density given the target's
     own readout of slot s − 1 (:func:`conditional_readout`): the chain p(x_0) Π p(x_s | t_{s−1}) of a pixel's
-    readouts, which are correlated through their shared starts, instead of their product as if independent."""
+    readouts, which are correlated through their shared starts, instead of their product as if independent.
+    ``terms``: ``all`` (−log L), or one part of it for diagnostics: ``count`` (−Σ log P(N = n)) or ``value`` (the
+    readouts' densities)."""
+    if terms not in ("all", "count", "value"):
+        raise ValueError(f"terms must be 'all', 'count' or 'value', not {terms!r}")
     dtype, device = adc.dtype, adc.device
     sigma_adc0 = noise_sigma_adc() if sigma_adc0 is None else float(sigma_adc0)
     log_outlier = math.log(outlier_weight) - 0.5 * outlier_chi2 - math.log(2.0 * math.pi * sigma_adc0 * sigma_time0)
@@ -194,4 +198,6 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
     summary = {"pixels": int(n_pixels), "target_readouts": int(n_target),
                "expected_readouts": float(weight.detach().sum()),
                "target_slots_absent_in_model": int((~present).sum()) if n_target else 0}
-    return count_term + value_term, summary
+    total = {"all": lambda: count_term + value_term, "count": lambda: count_term + zero,
+             "value": lambda: value_term + zero}[terms]()
+    return total, summary

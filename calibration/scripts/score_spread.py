@@ -11,6 +11,9 @@ F^-½VF^-½ (all 1 when V = F), σ from F and from the sandwich.
     python -m calibration.scripts.score_spread --input steep.h5 --detector secret.yaml \\
         --params lifetime tran_diff long_diff --seeds 16 --out score_spread.json
 
+``--split`` also splits the score into the likelihood's count term (−Σ log P(N = n)) and its value term (the
+readouts' densities) and compares each with its own part of F (a misspecified part shows as its own V/F ≠ 1).
+
 Targets are the hard front end's hits (as `sparsetpc simulate --mode hard --noise` writes them); every event
 of the input, no selection cuts.
 """
@@ -33,6 +36,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=16, help="noise seeds 1..N")
     parser.add_argument("--clock-phases", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--split", action="store_true",
+                        help="also V/F of the count term and of the value term separately")
     parser.add_argument("--out", help="JSON report")
     args = parser.parse_args(argv)
     import torch
@@ -50,18 +55,23 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fisher = expected_fisher(segments, truth, names, detector=detector, front_end=front_end).matrix
+        information = expected_fisher(segments, truth, names, detector=detector, front_end=front_end)
+        fisher = information.matrix
         leaf = st.Params.nominal(dtype=torch.float64, **detector.nominal_parameters)
         leaf.requires_grad_(names)
         guess = st.simulate(segments, detector, leaf, mode="relaxed", front_end=front_end)
         loss_fn = HitsLoss("likelihood")
         leaves = [getattr(leaf, n) for n in names]
-        scores, losses = [], []
+        count_fn = HitsLoss("likelihood", terms="count")
+        scores, losses, count_scores = [], [], []
         for seed in range(1, args.seeds + 1):
             target = st.simulate(segments, detector, truth, mode="hard", noise=True, seed=seed)
             loss = loss_fn(guess, target, n_units=1)                        # the total −log L
             grads = torch.autograd.grad(loss, leaves, retain_graph=True)
             scores.append([float(g) for g in grads])
+            if args.split:
+                count_grads = torch.autograd.grad(count_fn(guess, target, n_units=1), leaves, retain_graph=True)
+                count_scores.append([float(g) for g in count_grads])
             losses.append(float(loss))
             print(f"seed {seed:3d}  -log L {losses[-1]:10.2f}  score " + " ".join(f"{n} {g:+.3e}" for n, g in
                                                                              zip(names, scores[-1])), flush=True)
@@ -86,6 +96,17 @@ def main(argv=None) -> int:
               "sigma_sandwich_percent": {n: 100 * s / abs(values[n]) for n, s in zip(names, sigma_sandwich)},
               "fisher": fisher.tolist(), "score_covariance": covariance.tolist(), "scores": scores.tolist(),
               "wall_s": time.perf_counter() - start}
+    if args.split:
+        parts = {"count": (np.array(count_scores), information.count_term),
+                 "value": (scores - np.array(count_scores), information.mean_term + information.covariance_term)}
+        report["split"] = {}
+        for label, (part, part_fisher) in parts.items():
+            part_covariance = np.cov(part, rowvar=False).reshape(len(names), len(names))
+            report["split"][label] = {
+                "variance_over_fisher": dict(zip(names, (np.diag(part_covariance) / np.diag(part_fisher)).tolist())),
+                "share_of_fisher": dict(zip(names, (np.diag(part_fisher) / np.diag(fisher)).tolist())),
+                "score_mean_over_standard_error": dict(zip(names, (part.mean(0) / np.sqrt(
+                    np.diag(part_covariance) / len(part))).tolist()))}
     print(f"-log L at the truth: mean {report['neg_log_likelihood_at_truth']['mean']:.1f}, "
           f"sd {report['neg_log_likelihood_at_truth']['sd']:.1f} over {args.seeds} seeds")
     for n in names:
@@ -93,6 +114,9 @@ def main(argv=None) -> int:
               f"{report['variance_over_fisher'][n]:6.2f}   sigma: Fisher {report['sigma_fisher_percent'][n]:7.3g} %, "
               f"sandwich {report['sigma_sandwich_percent'][n]:7.3g} %")
     print("eigenvalues of F^-1/2 V F^-1/2:", " ".join(f"{e:.2f}" for e in report["whitened_eigenvalues"]))
+    for label, part in report.get("split", {}).items():
+        print(f"{label} term: " + "   ".join(f"{n} V/F {part['variance_over_fisher'][n]:.2f} (share of F "
+                                              f"{part['share_of_fisher'][n]:.2f})" for n in names))
     if args.out:
         write_json(args.out, report)
         print(f"wrote {args.out}")
