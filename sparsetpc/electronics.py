@@ -316,7 +316,9 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     ``previous_covariances`` (and ``moments``) also the covariances of each readout's ADC and crossing with the previous readout's crossing,
     ``adc_previous_covariance`` [ADC·columns] and ``crossing_previous_covariance`` [columns²] [U, R] (s_v·V and
     s_c·V, V the previous crossing's variance: the start is that crossing + a fixed offset; 0 for the first slot):
-    what a likelihood needs to score a pixel's readouts as the chain they are (given the previous crossing).
+    what a likelihood needs to score a pixel's readouts as the chain they are (given the previous crossing); and
+    ``existence_slope`` [1/columns] [U, R]: the derivative of the slot's probability of existing given that the
+    previous one does (w_s/w_{s−1}) with respect to its start, i.e. the previous crossing (0 for the first slot).
     With ``overflow`` also ``overflow_weight`` [U] (last): the probability that the pixel fires
     more than ``max_readouts`` readouts (the weight of the slot after the last, which hard mode drops; no gradient).
     """
@@ -343,7 +345,7 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     start_variance = charge.new_zeros(n_pixels)       # of the slot's start position (columns²), moments only
     chain = charge.new_ones(n_pixels)
     adcs, crossings, weights, adc_variances, crossing_variances, covariances = [], [], [], [], [], []
-    previous_value_covariances, previous_crossing_covariances = [], []
+    previous_value_covariances, previous_crossing_covariances, existence_slopes = [], [], []
     if previous_covariances and not moments:
         raise ValueError("expected_readout: previous_covariances=True needs moments=True")
     adc_per_electron = front_end.gain * front_end.adc_counts / (front_end.v_ref - front_end.v_cm)
@@ -363,7 +365,7 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
             value_variance = torch.clamp(sum_square / safe - mean_value * mean_value, min=0.0)
             crossing_variance = torch.clamp(sum_crossing_square / safe - mean_crossing * mean_crossing, min=0.0)
             covariance = sum_value_crossing / safe - mean_value * mean_crossing
-            slope_value = slope_crossing = torch.zeros_like(probability)
+            slope_value = slope_crossing = slope_existence = torch.zeros_like(probability)
             if slopes:
                 # the walk from a fractional mean start n + φ mixes the starts n and n + 1: it already holds a
                 # start variance φ(1 − φ); the rest of the start's variance enters through the slopes
@@ -378,11 +380,13 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
                                           torch.zeros_like(probability))
                 slope_crossing = torch.where(reported, (slope_crossing_sum - mean_crossing * slope_probability)
                                              / denominator, torch.zeros_like(probability))
+                slope_existence = torch.where(reported, slope_probability, torch.zeros_like(probability))
                 value_variance = value_variance + slope_value ** 2 * spread
                 crossing_variance = crossing_variance + slope_crossing ** 2 * spread
                 covariance = covariance + slope_value * slope_crossing * spread
             previous_value_covariances.append(slope_value * start_variance * adc_per_electron)
             previous_crossing_covariances.append(slope_crossing * start_variance)
+            existence_slopes.append(slope_existence)
             start_variance = crossing_variance
             adc_variances.append(value_variance * adc_per_electron ** 2 + 1.0 / 12.0)
             crossing_variances.append(crossing_variance)
@@ -392,7 +396,7 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
             for _ in range(front_end.max_readouts - len(adcs)):
                 for column_list in (adcs, crossings, weights) + ((adc_variances, crossing_variances, covariances,
                                                                   previous_value_covariances,
-                                                                  previous_crossing_covariances)
+                                                                  previous_crossing_covariances, existence_slopes)
                                                                  if moments else ()):
                     column_list.append(torch.zeros_like(chain))
             break
@@ -419,7 +423,8 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
                      torch.where(valid, torch.stack(covariances, 1), zero))
     if previous_covariances:
         out = out + (torch.where(valid, torch.stack(previous_value_covariances, 1), zero),
-                     torch.where(valid, torch.stack(previous_crossing_covariances, 1), zero))
+                     torch.where(valid, torch.stack(previous_crossing_covariances, 1), zero),
+                     torch.where(valid, torch.stack(existence_slopes, 1), zero))
     if overflow:
         out = out + (overflow_weight,)
     return out

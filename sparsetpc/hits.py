@@ -39,7 +39,8 @@ def check_finite_readouts(table: np.ndarray, source: str, consequence: str) -> N
 #: Fields of :class:`Hits` with one entry per readout.
 PER_READOUT = ("event", "pixel", "readout", "plane", "ix", "iy", "x", "y", "t", "adc")
 #: Relaxed mode's per-readout moments (None in the other modes).
-MOMENTS = ("adc_variance", "t_variance", "adc_t_covariance", "adc_t_previous_covariance", "t_previous_covariance")
+MOMENTS = ("adc_variance", "t_variance", "adc_t_covariance", "adc_t_previous_covariance", "t_previous_covariance",
+           "existence_slope")
 #: Optional per-readout fields (None when absent).
 OPTIONAL = ("weight",) + MOMENTS
 
@@ -76,6 +77,9 @@ class Hits:
     # pixel (a readout starts where the previous one ended: 0 for the first)
     adc_t_previous_covariance: Optional[torch.Tensor] = None
     t_previous_covariance: Optional[torch.Tensor] = None
+    # relaxed mode: derivative of the probability that this readout exists given the previous one (w_s/w_{s−1}) with
+    # respect to the previous readout's time [1/µs] (0 for the first)
+    existence_slope: Optional[torch.Tensor] = None
     n_capped_pixels: float = 0.0       # pixels that would fire more than max_readouts (relaxed: expected number)
 
     def __len__(self) -> int:

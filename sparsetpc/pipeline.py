@@ -107,7 +107,7 @@ def _relaxed_group(buffer, plan, rows, front_end, horizon):
 def _reference_group(buffer, plan, rows, front_end, draws):
     adc, crossing, valid = reference_readout(_group_waveforms(buffer, plan, rows), front_end, draws)
     zero = torch.zeros_like(adc)
-    return adc, crossing, valid, valid.to(adc.dtype), zero, zero, zero, zero, zero, adc.new_zeros(adc.shape[0])
+    return adc, crossing, valid, valid.to(adc.dtype), zero, zero, zero, zero, zero, zero, adc.new_zeros(adc.shape[0])
 
 
 def simulate(segments: Segments, detector: Optional[Detector] = None, params: Optional[Params] = None, *,
@@ -215,7 +215,7 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         phase = detector.tick * phase_index / phases
         state = replace(base_state, time_shift=time_shift + phase) if induced is None else base_state
         (phase_buffer, phase_plan, adc, crossing, valid, weight, adc_variance, crossing_variance,
-         crossing_covariance, adc_previous, crossing_previous, phase_overflow) = _phase_readouts(
+         crossing_covariance, adc_previous, crossing_previous, existence, phase_overflow) = _phase_readouts(
             pairs, pixel_of_pair, n_pixels, state, params, detector, options, front_end, mode, noise, generator,
             max_elements, checkpoint, backend, progress, table, graph_budget=budget // (2 * phases),
             induced=None if induced is None else induced[phase_index])
@@ -224,6 +224,7 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         covariance = crossing_covariance * detector.tick
         adc_previous_covariance = adc_previous * detector.tick
         time_previous_covariance = crossing_previous * detector.tick ** 2
+        existence_slope = existence / detector.tick
         if phase_index == 0:
             buffer, plan = phase_buffer, phase_plan
         # per pixel: readouts past the cap (hard) or the probability of one (relaxed), averaged over the phases
@@ -237,7 +238,9 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         terms = (weight, weight * adc, weight * time, weight * (adc_variance + adc * adc),
                  weight * (time_variance + time * time), weight * (covariance + adc * time),
                  weight * previous_time, weight * (adc_previous_covariance + adc * previous_time),
-                 weight * (time_previous_covariance + time * previous_time))
+                 weight * (time_previous_covariance + time * previous_time),
+                 # the existence slope of slot s, averaged with the weights of slot s − 1 (given that it exists)
+                 torch.cat([torch.ones_like(weight[:, :1]), weight[:, :-1]], dim=1) * existence_slope)
         sums = terms if sums is None else tuple(x + y for x, y in zip(sums, terms))
     if phases > 1:
         # the mixture over phases: its mean, and its variance (E[x²] − mean², the phases' spread included)
@@ -253,6 +256,8 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         previous_mean = sums[6] / safe
         adc_previous_covariance = torch.where(valid, sums[7] / safe - adc * previous_mean, zero)
         time_previous_covariance = torch.where(valid, sums[8] / safe - time * previous_mean, zero)
+        previous_weight = torch.cat([torch.full_like(sums[0][:, :1], float(phases)), sums[0][:, :-1]], dim=1)
+        existence_slope = torch.where(valid, sums[9] / torch.clamp(previous_weight, min=torch.finfo(dtype).tiny), zero)
 
     n_capped = _warn_capped(overflow, mode, front_end.max_readouts)
 
@@ -273,6 +278,7 @@ def simulate(segments: Segments, detector: Optional[Detector] = None, params: Op
         hits.adc_t_covariance = covariance[pixel_rows, slots]
         hits.adc_t_previous_covariance = adc_previous_covariance[pixel_rows, slots]
         hits.t_previous_covariance = time_previous_covariance[pixel_rows, slots]
+        hits.existence_slope = existence_slope[pixel_rows, slots]
     if return_waveforms:
         hits.waveforms = to_waveforms(buffer, plan, pixel_table)
     return hits
@@ -322,7 +328,7 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
                     induced=None):
     """Induction and electronics on one sampling grid (``state.time_shift``): (buffer, plan, adc, crossing,
     valid, weight, adc_variance, crossing_variance, adc_crossing_covariance, adc_previous_covariance,
-    crossing_previous_covariance, overflow), nine [U, R], the crossing
+    crossing_previous_covariance, existence_slope, overflow), ten [U, R], the crossing
     in columns of each pixel's window (moments: relaxed mode only, else 0); ``overflow`` [U]: readouts past the
     cap (hard), the probability of one (relaxed), 0 (reference).  ``induced``: the (buffer, plan) of a response
     table's induction (:func:`~sparsetpc.induction_table.induce_table_phases`, whose segment state ``state`` then
@@ -348,6 +354,7 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
     covariance = buffer.new_zeros((n_pixels, readouts))
     adc_previous = buffer.new_zeros((n_pixels, readouts))
     crossing_previous = buffer.new_zeros((n_pixels, readouts))
+    existence = buffer.new_zeros((n_pixels, readouts))
     overflow = buffer.new_zeros(n_pixels).detach()
     horizon = None
     if mode == "relaxed" and n_pixels:
@@ -364,20 +371,20 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
                                           return_dropped=True)
                 w = v.to(buffer.dtype)
                 o = o.to(buffer.dtype)
-                va = vc = cv = pa = pc = torch.zeros_like(a)
+                va = vc = cv = pa = pc = pe = torch.zeros_like(a)
             elif mode == "relaxed":
                 if use_checkpoint:
-                    a, c, v, w, va, vc, cv, pa, pc, o = torch.utils.checkpoint.checkpoint(
+                    a, c, v, w, va, vc, cv, pa, pc, pe, o = torch.utils.checkpoint.checkpoint(
                         _relaxed_group, buffer, plan, rows, front_end, horizon, use_reentrant=False)
                 else:
-                    a, c, v, w, va, vc, cv, pa, pc, o = _relaxed_group(buffer, plan, rows, front_end, horizon)
+                    a, c, v, w, va, vc, cv, pa, pc, pe, o = _relaxed_group(buffer, plan, rows, front_end, horizon)
             else:
                 draws = draw_readout_noise(len(rows), front_end, buffer, generator) if noise else None
                 if use_checkpoint:
-                    a, c, v, w, va, vc, cv, pa, pc, o = torch.utils.checkpoint.checkpoint(
+                    a, c, v, w, va, vc, cv, pa, pc, pe, o = torch.utils.checkpoint.checkpoint(
                         _reference_group, buffer, plan, rows, front_end, draws, use_reentrant=False)
                 else:
-                    a, c, v, w, va, vc, cv, pa, pc, o = _reference_group(buffer, plan, rows, front_end, draws)
+                    a, c, v, w, va, vc, cv, pa, pc, pe, o = _reference_group(buffer, plan, rows, front_end, draws)
             adc = adc.index_copy(0, rows, a)
             crossing = crossing.index_copy(0, rows, c)
             valid = valid.index_copy(0, rows, v)
@@ -387,6 +394,7 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
             covariance = covariance.index_copy(0, rows, cv)
             adc_previous = adc_previous.index_copy(0, rows, pa)
             crossing_previous = crossing_previous.index_copy(0, rows, pc)
+            existence = existence.index_copy(0, rows, pe)
             overflow = overflow.index_copy(0, rows, o.detach())
     return (buffer, plan, adc, crossing, valid, weight, adc_variance, crossing_variance, covariance, adc_previous,
-            crossing_previous, overflow)
+            crossing_previous, existence, overflow)

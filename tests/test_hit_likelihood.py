@@ -98,14 +98,37 @@ class TestReadoutNLL:
         adc_target = torch.tensor([100.0, 90.0, 85.0, 120.0], dtype=D)
         t_target = torch.tensor([20.0, 22.1, 24.3, 40.0], dtype=D)
 
-        def fn(w, adc, t, va, vt, cv, ca, ct):
-            return readout_nll(pixel, slots, w, adc, t, va, vt, pixel, slots, adc_target, t_target, cv, ca, ct)[0]
+        def fn(w, adc, t, va, vt, cv, ca, ct, es):
+            return readout_nll(pixel, slots, w, adc, t, va, vt, pixel, slots, adc_target, t_target, cv, ca, ct,
+                               es)[0]
         inputs = (torch.tensor([0.95, 0.8, 0.6, 0.8], dtype=D), torch.tensor([99.0, 91.0, 84.0, 100.0], dtype=D),
                   torch.tensor([20.05, 22.0, 24.5, 41.0], dtype=D), torch.tensor([1.1, 1.5, 0.9, 1.0], dtype=D),
                   torch.tensor([0.02, 0.05, 0.07, 0.02], dtype=D), torch.tensor([-0.05, -0.02, 0.01, 0.0], dtype=D),
-                  torch.tensor([0.0, 0.05, -0.03, 0.0], dtype=D), torch.tensor([0.0, 0.012, 0.03, 0.0], dtype=D))
+                  torch.tensor([0.0, 0.05, -0.03, 0.0], dtype=D), torch.tensor([0.0, 0.012, 0.03, 0.0], dtype=D),
+                  torch.tensor([0.0, -0.02, -0.3, 0.0], dtype=D))
         inputs = tuple(x.requires_grad_(True) for x in inputs)
         assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7)
+
+    def test_chain_count(self):
+        """The count along the chain: with zero existence slopes it is the marginal −log(w_{n−1} − w_n + ε); with
+        a slope, P(N = n) = w_0 · Π Φ(z_s + k_s d) · (1 − Φ(z_n + k_n d)) written out here."""
+        from calibration.losses.likelihood import existence_probit
+        pixel = _pixel([0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1])
+        slots = torch.tensor([0, 1, 2])
+        w = torch.tensor([0.999, 0.9, 0.3], dtype=D)
+        mu_t = torch.tensor([10.0, 12.0, 14.0], dtype=D)
+        common = (pixel, slots, w, torch.tensor([100.0, 90.0, 80.0], dtype=D), mu_t, torch.ones(3, dtype=D),
+                  torch.full((3,), 0.05, dtype=D), pixel[:2], slots[:2], torch.tensor([101.0, 89.0], dtype=D),
+                  torch.tensor([10.1, 12.3], dtype=D), torch.zeros(3, dtype=D), torch.zeros(3, dtype=D),
+                  torch.tensor([0.0, 0.03, 0.04], dtype=D))
+        count = lambda slope: float(readout_nll(*common, slope, terms="count")[0])
+        assert count(torch.zeros(3, dtype=D)) == pytest.approx(-math.log(0.9 - 0.3 + COUNT_FLOOR), rel=1e-9)
+        slope = torch.tensor([0.0, -0.05, -0.8], dtype=D)
+        z, k = existence_probit(w, torch.tensor([1.0, 0.999, 0.9], dtype=D), slope)
+        normal = torch.distributions.Normal(0.0, 1.0)
+        expected = (0.999 * float(normal.cdf(z[1] + k[1] * 0.1)) * (1 - float(normal.cdf(z[2] + k[2] * 0.3))))
+        assert count(slope) == pytest.approx(-math.log(expected + COUNT_FLOOR), rel=1e-9)
+        assert count(slope) < count(torch.zeros(3, dtype=D))      # a late slot 1 makes the end more probable
 
     def test_count_terms(self):
         """A pixel the model may fire and the target does not: −log(1 − w0); a pixel with two target readouts
@@ -220,7 +243,7 @@ class TestExpectedMoments:
         charge[:, 0] = 0.0
         fe = FrontEnd()
         (_, _, valid, _, var_adc, var_crossing, _, adc_previous,
-         crossing_previous) = expected_readout(charge, fe, moments=True, previous_covariances=True)
+         crossing_previous, _) = expected_readout(charge, fe, moments=True, previous_covariances=True)
         generator = torch.Generator().manual_seed(5)
         draws = [hard_readout(charge, fe, noise=True, generator=generator) for _ in range(800)]
         a = torch.stack([d[0] for d in draws]).to(D)
@@ -252,6 +275,47 @@ class TestExpectedMoments:
             # most of a later slot's time variance is its start's: conditioning removes it
             assert torch.all(conditional < 0.6 * var_crossing[:, s]), (s, conditional, var_crossing[:, s])
             print("slot", s, "conditional / marginal time variance", (conditional / var_crossing[:, s]).tolist())
+
+    def test_existence_of_the_last_readout_given_the_previous_crossing(self):
+        """Where a long pulse ends, whether one more readout fires depends on where the previous one crossed (a
+        late start leaves too little charge).  The chain's Φ(z + k·d) (existence_probit: the front end's
+        existence slope) against hard mode over 800 noise seeds, in quartiles of the previous crossing's
+        deviation d: within 0.25 in every quartile, where the marginal w_s/w_{s−1} (the same in every quartile)
+        misses by up to 0.7 (measured: worst quartile 0.20 for the chain, the probit-linear form's error at
+        d ≈ −2.5 columns; 0.70 for the marginal)."""
+        from calibration.losses.likelihood import existence_probit
+        ticks = torch.arange(260, dtype=D)
+        ends = torch.tensor([166.0, 192.0, 193.0, 194.0], dtype=D)[:, None]     # the last readout is uncertain
+        charge = 1500.0 * ((ticks > 10) & (ticks < ends)).to(D) * (1.0 + 0.3 * torch.sin(ticks / 17.0))
+        charge[:, 0] = 0.0
+        fe = FrontEnd()
+        out = expected_readout(charge, fe, moments=True, previous_covariances=True)
+        crossing, weight, existence_slope = out[1], out[3], out[9]
+        previous_weight = torch.cat([torch.ones_like(weight[:, :1]), weight[:, :-1]], 1)
+        z, k = existence_probit(weight, previous_weight, existence_slope)
+        generator = torch.Generator().manual_seed(9)
+        draws = [hard_readout(charge, fe, noise=True, generator=generator) for _ in range(800)]
+        c = torch.stack([d[1] for d in draws]).to(D)
+        v = torch.stack([d[2] for d in draws])
+        worst_chain, worst_marginal, checked = 0.0, 0.0, 0
+        for p in range(charge.shape[0]):
+            for s in range(1, fe.max_readouts):
+                marginal = float(weight[p, s] / previous_weight[p, s])
+                if not 0.1 < marginal < 0.9:
+                    continue
+                seen = v[:, p, s - 1]
+                deviation = c[seen, p, s - 1] - crossing[p, s - 1]
+                exists = v[seen, p, s].to(D)
+                chain = torch.special.ndtr(z[p, s] + k[p, s] * deviation)
+                for quartile in torch.chunk(torch.argsort(deviation), 4):
+                    hard = float(exists[quartile].mean())
+                    worst_chain = max(worst_chain, abs(hard - float(chain[quartile].mean())))
+                    worst_marginal = max(worst_marginal, abs(hard - marginal))
+                checked += 1
+        print(f"{checked} uncertain slots: worst quartile |hard - chain| {worst_chain:.3f}, "
+              f"|hard - marginal| {worst_marginal:.3f}")
+        assert checked >= 3
+        assert worst_chain < 0.25 and worst_marginal > 0.4
 
     def test_gradcheck_of_the_variances(self):
         charge = torch.zeros(2, 40, dtype=D)

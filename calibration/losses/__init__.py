@@ -164,7 +164,8 @@ class HitsLoss:
                                    guess.adc_variance, guess.t_variance, pixel(target), target.readout.long(),
                                    target.adc, target.t, getattr(guess, "adc_t_covariance", None),
                                    getattr(guess, "adc_t_previous_covariance", None),
-                                   getattr(guess, "t_previous_covariance", None), **self.options)
+                                   getattr(guess, "t_previous_covariance", None),
+                                   getattr(guess, "existence_slope", None), **self.options)
         self.last_counts = summary
         events = torch.unique(torch.cat([guess.event.reshape(-1), target.event.reshape(-1)]).cpu())
         denom = n_units if n_units is not None else max(len(events), 1)

@@ -51,6 +51,23 @@ OUTLIER_WEIGHT = 1e-6
 #: the time-variance floor [µs²] (a tick's quantisation) and the cap on |correlation| of a readout's (ADC, t)
 TIME_VARIANCE_FLOOR = 0.1 ** 2 / 12.0
 MAX_CORRELATION = 0.99
+#: the chain count: conditional existence probabilities kept in [ε, 1 − ε], and the cap on the probit slope [1/µs]
+EXISTENCE_EPSILON = 1e-12
+MAX_EXISTENCE_SLOPE = 20.0
+
+
+def existence_probit(weight: torch.Tensor, previous_weight: torch.Tensor, existence_slope: torch.Tensor,
+                     epsilon: float = EXISTENCE_EPSILON, max_slope: float = MAX_EXISTENCE_SLOPE):
+    """(z, k): the probability that a slot exists given that the previous one does and that the previous crossing
+    came d [µs] after the model's mean is Φ(z + k·d), with Φ(z) = w_s/w_{s−1} (kept in [ε, 1 − ε]) and
+    k = ∂(w_s/w_{s−1})/∂t_{s−1} / φ(z) (``existence_slope``, capped at ``max_slope``): the existence's
+    derivative with respect to the start carried as a shift of its probit."""
+    tiny = torch.finfo(weight.dtype).tiny
+    ratio = torch.where(previous_weight > tiny, weight / torch.clamp(previous_weight, min=tiny), torch.zeros_like(weight))
+    z = torch.special.ndtri(torch.clamp(ratio, epsilon, 1.0 - epsilon))
+    density = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    k = torch.clamp(existence_slope / density, -max_slope, max_slope)
+    return z, k
 
 
 def readout_covariance(adc_variance: torch.Tensor, time_variance: torch.Tensor, adc_time_covariance: torch.Tensor,
@@ -95,7 +112,8 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
                 pixel_target: torch.Tensor, slot_target: torch.Tensor, adc_target: torch.Tensor,
                 time_target: torch.Tensor, adc_time_covariance: Optional[torch.Tensor] = None,
                 adc_previous_covariance: Optional[torch.Tensor] = None,
-                time_previous_covariance: Optional[torch.Tensor] = None, *, n_slots: int = 10,
+                time_previous_covariance: Optional[torch.Tensor] = None,
+                existence_slope: Optional[torch.Tensor] = None, *, n_slots: int = 10,
                 broad_weight: float = BROAD_WEIGHT, broad_scale: float = BROAD_SCALE, outlier_chi2: float = OUTLIER_CHI2,
                 outlier_weight: float = OUTLIER_WEIGHT, count_floor: float = COUNT_FLOOR, min_weight: float = 1e-9,
                 sigma_adc0: Optional[float] = None, sigma_time0: float = 0.1,
@@ -111,6 +129,10 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
     ``t_previous_covariance``); a target readout of slot s ≥ 1 is then scored by its density given the target's
     own readout of slot s − 1 (:func:`conditional_readout`): the chain p(x_0) Π p(x_s | t_{s−1}) of a pixel's
     readouts, which are correlated through their shared starts, instead of their product as if independent.
+    ``existence_slope`` [Ng] (optional, with the covariances): ∂P(slot s exists | slot s − 1 does)/∂t_{s−1}
+    [1/µs] (``Hits.existence_slope``); the count is then scored along the chain too: P(N = n) =
+    w_0 · Π_{0<s<n} Φ(z_s + k_s d_{s−1}) · (1 − Φ(z_n + k_n d_{n−1})) (:func:`existence_probit`, d the target's
+    previous crossing minus the model's mean), which is w_{n−1} − w_n where the slopes are 0.
     ``terms``: ``all`` (−log L), or one part of it for diagnostics: ``count`` (−Σ log P(N = n)) or ``value`` (the
     readouts' densities)."""
     if terms not in ("all", "count", "value"):
@@ -136,7 +158,32 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
                          torch.ones(n_pixels, dtype=dtype, device=device))
     after = table[torch.arange(n_pixels, device=device), counts]
     probability = torch.clamp(before - after, min=0.0)
-    count_term = -torch.log(probability + count_floor).sum()
+    chained_count = (existence_slope is not None and time_previous_covariance is not None
+                     and adc_previous_covariance is not None)
+    if not chained_count:
+        count_term = -torch.log(probability + count_floor).sum()
+    else:
+        # the count along the chain: each slot's existence given the previous crossing the target shows
+        slope_table = torch.zeros((n_pixels, n_slots + 1), dtype=dtype, device=device)
+        slope_table = slope_table.index_put((row_guess, slot_guess), existence_slope.to(dtype))
+        model_time = torch.zeros((n_pixels, n_slots + 1), dtype=dtype, device=device)
+        model_time = model_time.index_put((row_guess, slot_guess), time.to(dtype))
+        model_has = torch.zeros((n_pixels, n_slots + 1), dtype=torch.bool, device=device)
+        model_has[row_guess, slot_guess] = True
+        target_time = torch.zeros((n_pixels, n_slots + 1), dtype=dtype, device=device)
+        target_time[row_target, slot_target] = time_target.to(dtype)
+        target_has = torch.zeros((n_pixels, n_slots + 1), dtype=torch.bool, device=device)
+        target_has[row_target, slot_target] = True
+        shift = lambda x, fill: torch.cat([torch.full_like(x[:, :1], fill), x[:, :-1]], dim=1)
+        deviation = torch.where(shift(model_has, False) & shift(target_has, False),
+                                shift(target_time, 0.0) - shift(model_time, 0.0), torch.zeros_like(model_time))
+        z, k = existence_probit(table, shift(table, 1.0), slope_table)
+        x = z + k * deviation
+        slot_index = torch.arange(n_slots + 1, device=device)[None, :]
+        log_exists = torch.where(slot_index < counts[:, None], torch.special.log_ndtr(x), torch.zeros_like(x)).sum(1)
+        log_ends = torch.special.log_ndtr(-x).gather(1, counts[:, None])[:, 0]
+        count_term = -torch.logaddexp(log_exists + log_ends,
+                                      torch.full_like(log_ends, math.log(count_floor))).sum()
     # values of the target readouts against the guess's slot (absent slot: weight 0 → the outlier density)
     where = torch.full((n_pixels, n_slots), -1, dtype=torch.long, device=device)
     where[row_guess, slot_guess] = torch.arange(n_guess, device=device)
