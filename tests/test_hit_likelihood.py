@@ -100,7 +100,7 @@ class TestReadoutNLL:
 
         def fn(w, adc, t, va, vt, cv, ca, ct, es):
             return readout_nll(pixel, slots, w, adc, t, va, vt, pixel, slots, adc_target, t_target, cv, ca, ct,
-                               es)[0]
+                               es, chain_count=True)[0]
         inputs = (torch.tensor([0.95, 0.8, 0.6, 0.8], dtype=D), torch.tensor([99.0, 91.0, 84.0, 100.0], dtype=D),
                   torch.tensor([20.05, 22.0, 24.5, 41.0], dtype=D), torch.tensor([1.1, 1.5, 0.9, 1.0], dtype=D),
                   torch.tensor([0.02, 0.05, 0.07, 0.02], dtype=D), torch.tensor([-0.05, -0.02, 0.01, 0.0], dtype=D),
@@ -121,7 +121,9 @@ class TestReadoutNLL:
                   torch.full((3,), 0.05, dtype=D), pixel[:2], slots[:2], torch.tensor([101.0, 89.0], dtype=D),
                   torch.tensor([10.1, 12.3], dtype=D), torch.zeros(3, dtype=D), torch.zeros(3, dtype=D),
                   torch.tensor([0.0, 0.03, 0.04], dtype=D))
-        count = lambda slope: float(readout_nll(*common, slope, terms="count")[0])
+        count = lambda slope: float(readout_nll(*common, slope, terms="count", chain_count=True)[0])
+        assert float(readout_nll(*common, torch.tensor([0.0, -0.05, -0.8], dtype=D), terms="count")[0]) == \
+            pytest.approx(-math.log(0.9 - 0.3 + COUNT_FLOOR), rel=1e-9)          # off by default: the marginal
         assert count(torch.zeros(3, dtype=D)) == pytest.approx(-math.log(0.9 - 0.3 + COUNT_FLOOR), rel=1e-9)
         slope = torch.tensor([0.0, -0.05, -0.8], dtype=D)
         z, k = existence_probit(w, torch.tensor([1.0, 0.999, 0.9], dtype=D), slope)

@@ -54,18 +54,21 @@ MAX_CORRELATION = 0.99
 #: the chain count: conditional existence probabilities kept in [ε, 1 − ε], and the cap on the probit slope [1/µs]
 EXISTENCE_EPSILON = 1e-12
 MAX_EXISTENCE_SLOPE = 20.0
+EXISTENCE_DENSITY_FLOOR = math.exp(-8.0) / math.sqrt(2.0 * math.pi)        # φ(4)
 
 
 def existence_probit(weight: torch.Tensor, previous_weight: torch.Tensor, existence_slope: torch.Tensor,
                      epsilon: float = EXISTENCE_EPSILON, max_slope: float = MAX_EXISTENCE_SLOPE):
     """(z, k): the probability that a slot exists given that the previous one does and that the previous crossing
     came d [µs] after the model's mean is Φ(z + k·d), with Φ(z) = w_s/w_{s−1} (kept in [ε, 1 − ε]) and
-    k = ∂(w_s/w_{s−1})/∂t_{s−1} / φ(z) (``existence_slope``, capped at ``max_slope``): the existence's
+    k = ∂(w_s/w_{s−1})/∂t_{s−1} / max(φ(z), φ(4)) (``existence_slope``, capped at ``max_slope``): the existence's
     derivative with respect to the start carried as a shift of its probit."""
     tiny = torch.finfo(weight.dtype).tiny
     ratio = torch.where(previous_weight > tiny, weight / torch.clamp(previous_weight, min=tiny), torch.zeros_like(weight))
     z = torch.special.ndtri(torch.clamp(ratio, epsilon, 1.0 - epsilon))
-    density = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
+    # the density floored at φ(4): where the slot is all but certain (or impossible) a slope of roundoff size
+    # must not become a probit shift (φ(7) ≈ 1e-11 turned a 3e-6/µs slope into the cap)
+    density = torch.clamp(torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi), min=EXISTENCE_DENSITY_FLOOR)
     k = torch.clamp(existence_slope / density, -max_slope, max_slope)
     return z, k
 
@@ -113,7 +116,7 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
                 time_target: torch.Tensor, adc_time_covariance: Optional[torch.Tensor] = None,
                 adc_previous_covariance: Optional[torch.Tensor] = None,
                 time_previous_covariance: Optional[torch.Tensor] = None,
-                existence_slope: Optional[torch.Tensor] = None, *, n_slots: int = 10,
+                existence_slope: Optional[torch.Tensor] = None, *, chain_count: bool = False, n_slots: int = 10,
                 broad_weight: float = BROAD_WEIGHT, broad_scale: float = BROAD_SCALE, outlier_chi2: float = OUTLIER_CHI2,
                 outlier_weight: float = OUTLIER_WEIGHT, count_floor: float = COUNT_FLOOR, min_weight: float = 1e-9,
                 sigma_adc0: Optional[float] = None, sigma_time0: float = 0.1,
@@ -129,10 +132,14 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
     ``t_previous_covariance``); a target readout of slot s ≥ 1 is then scored by its density given the target's
     own readout of slot s − 1 (:func:`conditional_readout`): the chain p(x_0) Π p(x_s | t_{s−1}) of a pixel's
     readouts, which are correlated through their shared starts, instead of their product as if independent.
-    ``existence_slope`` [Ng] (optional, with the covariances): ∂P(slot s exists | slot s − 1 does)/∂t_{s−1}
-    [1/µs] (``Hits.existence_slope``); the count is then scored along the chain too: P(N = n) =
+    ``existence_slope`` [Ng] (optional, with the covariances) and ``chain_count=True`` (experimental, off by
+    default): ∂P(slot s exists | slot s − 1 does)/∂t_{s−1} [1/µs] (``Hits.existence_slope``); the count is then
+    scored along the chain too: P(N = n) =
     w_0 · Π_{0<s<n} Φ(z_s + k_s d_{s−1}) · (1 − Φ(z_n + k_n d_{n−1})) (:func:`existence_probit`, d the target's
-    previous crossing minus the model's mean), which is w_{n−1} − w_n where the slopes are 0.
+    previous crossing minus the model's mean), which is w_{n−1} − w_n where the slopes are 0.  It follows hard
+    mode where a long pulse ends (tests/test_hit_likelihood.py), but calibration/fisher.py has no exact expected
+    information for it yet (the chain's existence probabilities average to Φ(z/√(1 + k²V)), not the model's
+    w_s/w_{s−1}), so the default count is the marginal P(N = n) = w_{n−1} − w_n.
     ``terms``: ``all`` (−log L), or one part of it for diagnostics: ``count`` (−Σ log P(N = n)) or ``value`` (the
     readouts' densities)."""
     if terms not in ("all", "count", "value"):
@@ -158,7 +165,7 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
                          torch.ones(n_pixels, dtype=dtype, device=device))
     after = table[torch.arange(n_pixels, device=device), counts]
     probability = torch.clamp(before - after, min=0.0)
-    chained_count = (existence_slope is not None and time_previous_covariance is not None
+    chained_count = (chain_count and existence_slope is not None and time_previous_covariance is not None
                      and adc_previous_covariance is not None)
     if not chained_count:
         count_term = -torch.log(probability + count_floor).sum()
