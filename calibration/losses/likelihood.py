@@ -165,25 +165,27 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
                          torch.ones(n_pixels, dtype=dtype, device=device))
     after = table[torch.arange(n_pixels, device=device), counts]
     probability = torch.clamp(before - after, min=0.0)
+    # which guess / target readout holds each (pixel, slot) [n_pixels, n_slots] (−1: none)
+    where = torch.full((n_pixels, n_slots), -1, dtype=torch.long, device=device)
+    where[row_guess, slot_guess] = torch.arange(n_guess, device=device)
+    target_at = torch.full((n_pixels, n_slots), -1, dtype=torch.long, device=device)
+    target_at[row_target, slot_target] = torch.arange(n_target, device=device)
     chained_count = (chain_count and existence_slope is not None and time_previous_covariance is not None
                      and adc_previous_covariance is not None)
     if not chained_count:
         count_term = -torch.log(probability + count_floor).sum()
     else:
-        # the count along the chain: each slot's existence given the previous crossing the target shows
+        # the count along the chain: each slot's existence given the previous crossing the target shows; tables
+        # [n_pixels, n_slots + 1] by slot (as ``table``), shifted by one slot for the previous readout's
+        shift = lambda x, fill: torch.cat([torch.full_like(x[:, :1], fill), x[:, :-1]], dim=1)
+        # the readout before slot s = 0..n_slots (the index tables end at slot n_slots − 1)
+        previous_guess, previous_target = [torch.cat([torch.full_like(at_slot[:, :1], -1), at_slot], dim=1)
+                                           for at_slot in (where, target_at)]
+        both = (previous_guess >= 0) & (previous_target >= 0)
+        deviation = torch.where(both, time_target.to(dtype)[torch.clamp(previous_target, min=0)]
+                                - time.to(dtype)[torch.clamp(previous_guess, min=0)], torch.zeros_like(table))
         slope_table = torch.zeros((n_pixels, n_slots + 1), dtype=dtype, device=device)
         slope_table = slope_table.index_put((row_guess, slot_guess), existence_slope.to(dtype))
-        model_time = torch.zeros((n_pixels, n_slots + 1), dtype=dtype, device=device)
-        model_time = model_time.index_put((row_guess, slot_guess), time.to(dtype))
-        model_has = torch.zeros((n_pixels, n_slots + 1), dtype=torch.bool, device=device)
-        model_has[row_guess, slot_guess] = True
-        target_time = torch.zeros((n_pixels, n_slots + 1), dtype=dtype, device=device)
-        target_time[row_target, slot_target] = time_target.to(dtype)
-        target_has = torch.zeros((n_pixels, n_slots + 1), dtype=torch.bool, device=device)
-        target_has[row_target, slot_target] = True
-        shift = lambda x, fill: torch.cat([torch.full_like(x[:, :1], fill), x[:, :-1]], dim=1)
-        deviation = torch.where(shift(model_has, False) & shift(target_has, False),
-                                shift(target_time, 0.0) - shift(model_time, 0.0), torch.zeros_like(model_time))
         z, k = existence_probit(table, shift(table, 1.0), slope_table)
         x = z + k * deviation
         slot_index = torch.arange(n_slots + 1, device=device)[None, :]
@@ -192,8 +194,6 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
         count_term = -torch.logaddexp(log_exists + log_ends,
                                       torch.full_like(log_ends, math.log(count_floor))).sum()
     # values of the target readouts against the guess's slot (absent slot: weight 0 → the outlier density)
-    where = torch.full((n_pixels, n_slots), -1, dtype=torch.long, device=device)
-    where[row_guess, slot_guess] = torch.arange(n_guess, device=device)
     at = where[row_target, slot_target] if n_target else torch.zeros(0, dtype=torch.long, device=device)
     present = at >= 0
     index = torch.clamp(at, min=0)
@@ -207,8 +207,6 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
         mean_a, mean_t = pick(adc), pick(time)
         if time_previous_covariance is not None and adc_previous_covariance is not None:
             # the target's previous readout on the pixel and the guess's slot it is scored against
-            target_at = torch.full((n_pixels, n_slots), -1, dtype=torch.long, device=device)
-            target_at[row_target, slot_target] = torch.arange(n_target, device=device)
             previous_slot = torch.clamp(slot_target - 1, min=0)
             previous_target = target_at[row_target, previous_slot]
             previous_guess = where[row_target, previous_slot]
@@ -252,6 +250,8 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
     summary = {"pixels": int(n_pixels), "target_readouts": int(n_target),
                "expected_readouts": float(weight.detach().sum()),
                "target_slots_absent_in_model": int((~present).sum()) if n_target else 0}
-    total = {"all": lambda: count_term + value_term, "count": lambda: count_term + zero,
-             "value": lambda: value_term + zero}[terms]()
-    return total, summary
+    if terms == "count":
+        return count_term + zero, summary
+    if terms == "value":
+        return value_term + zero, summary
+    return count_term + value_term, summary
