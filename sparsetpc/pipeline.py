@@ -345,16 +345,9 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
     # electronics, in groups of pixels of similar window width
     use_checkpoint = (torch.is_grad_enabled() and buffer.requires_grad) if checkpoint is None else checkpoint
     readouts = front_end.max_readouts
-    adc = buffer.new_zeros((n_pixels, readouts))
-    crossing = buffer.new_zeros((n_pixels, readouts))
-    valid = torch.zeros((n_pixels, readouts), dtype=torch.bool, device=device)
-    weight = buffer.new_zeros((n_pixels, readouts))
-    adc_variance = buffer.new_zeros((n_pixels, readouts))
-    crossing_variance = buffer.new_zeros((n_pixels, readouts))
-    covariance = buffer.new_zeros((n_pixels, readouts))
-    adc_previous = buffer.new_zeros((n_pixels, readouts))
-    crossing_previous = buffer.new_zeros((n_pixels, readouts))
-    existence = buffer.new_zeros((n_pixels, readouts))
+    # per (pixel, slot): adc, crossing, valid, weight and the six moments, in the order the groups return them
+    columns = [buffer.new_zeros((n_pixels, readouts)) for _ in range(10)]
+    columns[2] = columns[2].bool()                                       # valid
     overflow = buffer.new_zeros(n_pixels).detach()
     horizon = None
     if mode == "relaxed" and n_pixels:
@@ -369,32 +362,16 @@ def _phase_readouts(pairs, pixel_of_pair, n_pixels, state, params, detector, opt
             if mode == "hard":
                 a, c, v, o = hard_readout(_group_waveforms(buffer.detach(), plan, rows), front_end, noise, generator,
                                           return_dropped=True)
-                w = v.to(buffer.dtype)
+                group = [a, c, v, v.to(buffer.dtype)] + [torch.zeros_like(a)] * 6       # no moments
                 o = o.to(buffer.dtype)
-                va = vc = cv = pa = pc = pe = torch.zeros_like(a)
             elif mode == "relaxed":
-                if use_checkpoint:
-                    a, c, v, w, va, vc, cv, pa, pc, pe, o = torch.utils.checkpoint.checkpoint(
-                        _relaxed_group, buffer, plan, rows, front_end, horizon, use_reentrant=False)
-                else:
-                    a, c, v, w, va, vc, cv, pa, pc, pe, o = _relaxed_group(buffer, plan, rows, front_end, horizon)
+                arguments = (_relaxed_group, buffer, plan, rows, front_end, horizon)
             else:
                 draws = draw_readout_noise(len(rows), front_end, buffer, generator) if noise else None
-                if use_checkpoint:
-                    a, c, v, w, va, vc, cv, pa, pc, pe, o = torch.utils.checkpoint.checkpoint(
-                        _reference_group, buffer, plan, rows, front_end, draws, use_reentrant=False)
-                else:
-                    a, c, v, w, va, vc, cv, pa, pc, pe, o = _reference_group(buffer, plan, rows, front_end, draws)
-            adc = adc.index_copy(0, rows, a)
-            crossing = crossing.index_copy(0, rows, c)
-            valid = valid.index_copy(0, rows, v)
-            weight = weight.index_copy(0, rows, w)
-            adc_variance = adc_variance.index_copy(0, rows, va)
-            crossing_variance = crossing_variance.index_copy(0, rows, vc)
-            covariance = covariance.index_copy(0, rows, cv)
-            adc_previous = adc_previous.index_copy(0, rows, pa)
-            crossing_previous = crossing_previous.index_copy(0, rows, pc)
-            existence = existence.index_copy(0, rows, pe)
+                arguments = (_reference_group, buffer, plan, rows, front_end, draws)
+            if mode != "hard":
+                *group, o = (torch.utils.checkpoint.checkpoint(*arguments, use_reentrant=False) if use_checkpoint
+                             else arguments[0](*arguments[1:]))
+            columns = [column.index_copy(0, rows, part) for column, part in zip(columns, group)]
             overflow = overflow.index_copy(0, rows, o.detach())
-    return (buffer, plan, adc, crossing, valid, weight, adc_variance, crossing_variance, covariance, adc_previous,
-            crossing_previous, existence, overflow)
+    return (buffer, plan, *columns, overflow)
