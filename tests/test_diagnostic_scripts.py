@@ -73,3 +73,32 @@ def test_slot_moments_report(steep_file, tmp_path):
     total_weight = sum(row["sum_weight"] for row in report["by_slot"])
     total_frequency = sum(row["sum_frequency"] for row in report["by_slot"])
     assert total_weight > 3 and total_frequency == pytest.approx(total_weight, rel=0.1)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--seeds", "1"], "at least 2 noise seeds"),
+    (["--clock-phases", "0"], "--clock-phases 0"),
+    (["--params", "lifetime", "foo"], "unknown parameter(s) foo"),
+    (["--params", "lifetime", "lifetime"], "given twice"),
+    (["--seeds", "abc"], "invalid int value"),
+])
+def test_score_spread_refuses_bad_arguments(steep_file, arguments, message, capsys):
+    """A new user's mistakes: one line naming the problem, exit 2, no traceback, before any simulation."""
+    from calibration.scripts.score_spread import main
+    try:
+        code = main(["--input", str(steep_file)] + arguments)
+    except SystemExit as exit_:                     # argparse's own errors exit from the parser
+        code = exit_.code
+    error = capsys.readouterr().err
+    assert code == 2 and message in error and "Traceback" not in error and error.count("\n") == 1, error
+
+
+def test_score_spread_refuses_bad_files(tmp_path, capsys):
+    from calibration.scripts.score_spread import main
+    assert main(["--input", str(tmp_path / "missing.h5"), "--seeds", "2"]) == 2
+    assert "missing.h5" in capsys.readouterr().err
+    not_hdf5 = tmp_path / "notes.h5"
+    not_hdf5.write_text("not HDF5")
+    assert main(["--input", str(not_hdf5), "--seeds", "2", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "is a directory" in error and error.count("\n") == 1

@@ -28,8 +28,12 @@ import numpy as np
 from calibration._io import write_json
 
 
+PROG = "python -m calibration.scripts.score_spread"
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from sparsetpc.cli.errors import OneLineParser, run_guarded
+    parser = OneLineParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="edep-sim segments HDF5")
     parser.add_argument("--detector", help="detector YAML whose physics parameters are the truth (default module 0)")
     parser.add_argument("--params", nargs="+", default=["lifetime", "tran_diff", "long_diff"])
@@ -39,7 +43,32 @@ def main(argv=None) -> int:
     parser.add_argument("--split", action="store_true",
                         help="also V/F of the count term and of the value term separately")
     parser.add_argument("--out", help="JSON report")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
+    return run_guarded(PROG, lambda: _run(args), debug=args.debug)
+
+
+def _check_arguments(args) -> None:
+    """Refuse, before any work, values that cannot work (one line, exit 2 through run_guarded)."""
+    import sparsetpc as st
+    from sparsetpc.cli.errors import UsageError, check_output_path
+    if args.seeds < 2:
+        raise UsageError(f"--seeds {args.seeds}: the score's covariance needs at least 2 noise seeds")
+    for option, value in (("--clock-phases", args.clock_phases), ("--threads", args.threads)):
+        if value < 1:
+            raise UsageError(f"{option} {value}: must be at least 1")
+    known = st.Params.nominal().names()
+    unknown = [name for name in args.params if name not in known]
+    if unknown:
+        raise UsageError(f"--params: unknown parameter(s) {', '.join(unknown)} (known: {', '.join(known)})")
+    if len(set(args.params)) != len(args.params):
+        raise UsageError(f"--params: a parameter is given twice ({' '.join(args.params)})")
+    if args.out:
+        check_output_path(args.out, inputs=[args.input, args.detector], option="--out")
+
+
+def _run(args) -> int:
+    _check_arguments(args)
     import torch
     import sparsetpc as st
     from calibration.fisher import expected_fisher
