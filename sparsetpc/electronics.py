@@ -148,6 +148,11 @@ def reference_readout(charge: torch.Tensor, front_end: FrontEnd, noise_draws: Op
     return torch.stack(adcs, 1), torch.stack(crossings, 1), torch.stack(valids, 1)
 
 
+def _smooth_floor(value: torch.Tensor, width: float) -> torch.Tensor:
+    """max(value, 0) with its corner rounded over ``width`` (smooth: a fit's step never meets a kink)."""
+    return 0.5 * (value + torch.sqrt(value * value + width * width))
+
+
 def _gauss_hermite(n: int, like: torch.Tensor):
     """Nodes and weights of E[g(Z)], Z ~ N(0, 1), by Gauss–Hermite quadrature (probabilists' form)."""
     import numpy as np
@@ -158,16 +163,19 @@ def _gauss_hermite(n: int, like: torch.Tensor):
 
 
 def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
-                  nodes, node_weights, horizon_exposure, last, active=None, slopes=False):
+                  nodes, node_weights, horizon_exposure, last, active=None, slopes=False, exact_start=False):
     """One trigger attempt of the hard walk from the continuous ``position`` [U] with a reset baseline of σ
     ``sigma_baseline``: probabilities and probability-weighted sums of the stored (passed) and failed reads.
 
-    Hard mode starts at integer ticks; a fractional position n + φ is the mixture of the walks from n (weight
-    1 − φ) and n + 1 (weight φ), so every output is continuous in the position.
+    Hard mode starts at integer ticks; a position t = n + φ is the mixture of the walks from n − 1, n, n + 1 and
+    n + 2 with the cubic B-spline's weights (1 − φ)³/6, (3φ³ − 6φ² + 4)/6, (−3φ³ + 3φ² + 3φ + 1)/6, φ³/6: a
+    distribution of the integer start with mean t and variance 1/3 at every t, and weights twice continuously
+    differentiable in t, so the outputs are too (the two-start linear mixture was only continuous: its slope in
+    t jumped at every integer, which central differences of a fit's loss see at steps of 1e-4 and above).
+    ``exact_start``: the position is a constant integer (the first attempt of the first slot): one walk.
 
-    With ``slopes`` three more outputs (last): the derivatives with respect to the start position of the stored
-    probability, Σ value and Σ crossing, as the secants of the walks from n, n + 1 and n + 2 mixed with the same
-    weights (continuous in the position, as the outputs are; one more walk).
+    With ``slopes`` three more outputs (last): the derivatives with respect to t of the stored probability,
+    Σ value and Σ crossing, the weights' derivatives applied to the same four walks (continuous in t).
 
     ``active`` [U] (bool, optional): only these rows are walked; the others' outputs are 0 (rows are
     independent, so the result of a row does not depend on which others are walked).  Columns before the
@@ -180,7 +188,7 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
                 return tuple(cumulative.new_zeros(n_total) for _ in range(12 if slopes else 9))
             sub = _walk_attempt(position[walked], sigma_baseline, cumulative[walked], padded[walked],
                                 read_charge[walked], columns_f, end_f[walked], front_end, nodes, node_weights,
-                                horizon_exposure[walked], last[walked], slopes=slopes)
+                                horizon_exposure[walked], last[walked], slopes=slopes, exact_start=exact_start)
             return tuple(cumulative.new_zeros(n_total).index_copy(0, walked, value) for value in sub)
     dtype = cumulative.dtype
     n_pixels, width = cumulative.shape
@@ -191,13 +199,17 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
     # the result does not depend on the padding
     position = torch.minimum(torch.clamp(position, min=0.0), (last + 1).to(dtype))
     lower = torch.minimum(torch.floor(position.detach()).long(), last)
-    fraction = position - lower.to(dtype)
+    if exact_start:
+        starts = [lower]
+    else:
+        fraction = position - lower.to(dtype)
+        starts = [torch.clamp(lower + offset, min=0) for offset in (-1, 0)] + \
+                 [torch.minimum(lower + offset, last + 1) for offset in (1, 2)]
     # columns before the earliest start are not exposed in any row: leave them out
-    skip = int(lower.min())
+    skip = int(starts[0].min())
     if skip > 0:
         cumulative, read_charge, end_f = cumulative[:, skip:], read_charge[:, skip:], end_f[:, skip:]
         columns_f, horizon_exposure = columns_f[skip:], horizon_exposure[:, skip:]
-    starts = [lower, lower + 1] + ([torch.minimum(lower + 2, last + 1)] if slopes else [])
     start = torch.cat(starts)                                                                  # [2U or 3U] integer
     rows = torch.cat([torch.arange(n_pixels, device=start.device)] * len(starts))
     base = padded[rows, start]                                                                 # C(start − 1)
@@ -224,20 +236,27 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
                            failed_column.sum(dim=1), (failed_column * end_f[rows]).sum(dim=1),
                            stored_square.sum(dim=(1, 2)), (stored_column * columns_f * columns_f).sum(dim=1),
                            (stored_value.sum(dim=2) * columns_f).sum(dim=1)])                     # [9, 2U]
-    low, middle = outputs[:, :n_pixels], outputs[:, n_pixels:2 * n_pixels]
-    mixed = low * (1.0 - fraction) + middle * fraction
+    if exact_start:
+        return tuple(outputs) + (tuple(torch.zeros_like(outputs[:3])) if slopes else ())
+    walks = outputs.reshape(9, 4, n_pixels)                                 # [output, start n − 1 … n + 2, row]
+    rest = 1.0 - fraction
+    square = fraction * fraction
+    weights = torch.stack([rest * rest * rest, (3.0 * fraction - 6.0) * square + 4.0,
+                           (-3.0 * fraction + 3.0) * square + 3.0 * fraction + 1.0, square * fraction]) / 6.0
+    mixed = (walks * weights).sum(dim=1)
     if not slopes:
         return tuple(mixed)
-    high = outputs[:3, 2 * n_pixels:]
-    slope = (middle[:3] - low[:3]) * (1.0 - fraction) + (high - middle[:3]) * fraction
-    return tuple(mixed) + tuple(slope)
+    derivatives = torch.stack([-0.5 * rest * rest, (1.5 * fraction - 2.0) * fraction,
+                               (-1.5 * fraction + 1.0) * fraction + 0.5, 0.5 * square])
+    return tuple(mixed) + tuple((walks[:3] * derivatives).sum(dim=1))
 
 
-def _slot_sums(position, chain, walk, slopes=False):
+def _slot_sums(position, chain, walk, slopes=False, exact_start=False):
     """One readout slot of :func:`expected_readout` from the mean start ``position`` [U] (``chain`` [U]: the
     probability of reaching the slot): its trigger attempts summed, probability-weighted: (probability,
     Σ value, Σ crossing, Σ end, Σ value², Σ crossing², Σ value·crossing), each [U]; with ``slopes`` also the
-    derivatives of the first three with respect to the start position (through each attempt's own walk)."""
+    derivatives of the first three with respect to the start position (through each attempt's own walk).
+    ``exact_start``: ``position`` is a constant integer (the first slot starts at column 0)."""
     cumulative, padded, read_charge, columns_f, end_f, front_end, nodes, node_weights, horizon_exposure, last = walk
     n_pixels = cumulative.shape[0]
     tiny = torch.finfo(cumulative.dtype).tiny
@@ -257,7 +276,8 @@ def _slot_sums(position, chain, walk, slopes=False):
         active = (chain * reach).detach() >= front_end.min_weight
         p_pass, v_pass, c_pass, e_pass, p_fail, e_fail, v2_pass, c2_pass, vc_pass, *slope = _walk_attempt(
             start, sigma_baseline, cumulative, padded, read_charge, columns_f, end_f, front_end,
-            nodes, node_weights, horizon_exposure, last, active, slopes=slopes)
+            nodes, node_weights, horizon_exposure, last, active, slopes=slopes,
+            exact_start=exact_start and _attempt == 0)
         slope_sums = [total + reach * part for total, part in zip(slope_sums, slope)]
         probability = probability + reach * p_pass
         sum_value = sum_value + reach * v_pass
@@ -286,8 +306,9 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     A walk attempt starts at a continuous position p (0 for the first) with a reset baseline b ~ N(0, σ_b²)
     (integrated over Gauss–Hermite nodes) and the running sum R_k = C_k − C(p−1) + b (C the cumulative charge).
     Tick k ≥ p triggers with the hazard h_k = Φ((R_k − thr)/σ_tick) (σ_tick the per-tick uncorrelated noise).
-    First passage: P(c = k | b) = Π_{p≤j<k}(1 − h_j) · h_k; a fractional p = n + φ mixes the walks from n and
-    n + 1 with weights 1 − φ and φ (continuous in p; hard mode starts at integer ticks).  The read
+    First passage: P(c = k | b) = Π_{p≤j<k}(1 − h_j) · h_k; a continuous p = n + φ mixes the walks from the integer
+    starts n − 1 … n + 2 with the cubic B-spline's weights (twice differentiable in p; hard mode starts at integer
+    ticks; the first slot starts at column 0 exactly).  The read
     value v = C_{min(k+18, W−1)} − C(p−1) + b (+ q_k when the crossing tick is double-counted) plus the read
     noise passes with Φ((v − thr)/σ_read) (E[v + n | pass]: the truncated normal's mean).  A read that fails
     restarts the walk in the same slot two ticks after its end with a 500 e⁻ baseline (further attempts while
@@ -311,8 +332,9 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     jitter ever more, as a random walk): the variance V of the start (0 for the first slot; else the previous
     slot's crossing variance) adds s_c²·V', s_v²·V' and s_v·s_c·V' to the variances and covariance, s the slopes
     of the slot's conditional mean crossing and value with respect to its start (law of total variance, to first
-    order; the means stay those of the mean start), V' = max(V − φ(1 − φ), 0): the mixture of the walks from the
-    two integer starts around the mean n + φ already holds a start variance φ(1 − φ).  With
+    order; the means stay those of the mean start), V' = V − 1/3: the mixture of the walks from the four integer
+    starts around the mean already holds a start variance of 1/3 (V' < 0 takes the excess out, the variances
+    floored smoothly at 0).  With
     ``previous_covariances`` (and ``moments``) also the covariances of each readout's ADC and crossing with the previous readout's crossing,
     ``adc_previous_covariance`` [ADC·columns] and ``crossing_previous_covariance`` [columns²] [U, R] (s_v·V and
     s_c·V, V the previous crossing's variance: the start is that crossing + a fixed offset; 0 for the first slot):
@@ -353,7 +375,8 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
     capped = False
     for slot in range(front_end.max_readouts):
         (probability, sum_value, sum_crossing, sum_end, sum_square, sum_crossing_square,
-         sum_value_crossing, *slopes) = _slot_sums(position, chain, walk, slopes=moments and slot > 0)
+         sum_value_crossing, *slopes) = _slot_sums(position, chain, walk, slopes=moments and slot > 0,
+                                                   exact_start=slot == 0)
         safe = torch.clamp(probability, min=tiny)
         chain = chain * probability
         mean_value = sum_value / safe
@@ -367,10 +390,10 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
             covariance = sum_value_crossing / safe - mean_value * mean_crossing
             slope_value = slope_crossing = slope_existence = torch.zeros_like(probability)
             if slopes:
-                # the walk from a fractional mean start n + φ mixes the starts n and n + 1: it already holds a
-                # start variance φ(1 − φ); the rest of the start's variance enters through the slopes
-                fraction = position - torch.floor(position.detach())
-                spread = torch.clamp(start_variance - fraction * (1.0 - fraction), min=0.0)
+                # the walk from a mean start t mixes four integer starts: it already holds a start variance of
+                # 1/3; the difference to the start's variance enters through the slopes (law of total variance,
+                # first order; negative where the previous crossing jitters less than the mixture)
+                spread = start_variance - 1.0 / 3.0
                 slope_probability, slope_value_sum, slope_crossing_sum = slopes
                 # a slot less probable than min_weight is not reported (chain ≤ probability): its slopes are 0,
                 # and the division stays finite (no inf·0 in the backward pass)
@@ -381,8 +404,8 @@ def expected_readout(charge: torch.Tensor, front_end: FrontEnd, horizon: Optiona
                 slope_crossing = torch.where(reported, (slope_crossing_sum - mean_crossing * slope_probability)
                                              / denominator, torch.zeros_like(probability))
                 slope_existence = torch.where(reported, slope_probability, torch.zeros_like(probability))
-                value_variance = value_variance + slope_value ** 2 * spread
-                crossing_variance = crossing_variance + slope_crossing ** 2 * spread
+                value_variance = _smooth_floor(value_variance + slope_value ** 2 * spread, 1.0)
+                crossing_variance = _smooth_floor(crossing_variance + slope_crossing ** 2 * spread, 1e-4)
                 covariance = covariance + slope_value * slope_crossing * spread
             previous_value_covariances.append(slope_value * start_variance * adc_per_electron)
             previous_crossing_covariances.append(slope_crossing * start_variance)

@@ -84,8 +84,10 @@ def test_linked_efield_gradient_is_the_chain_rule(segments):
     field, step = float(linked.eField.detach()), 1e-5
     dv_de = (v_of_e(field + step) - v_of_e(field - step)) / (2 * step)
     expected = d_unlinked["eField"] + d_unlinked["vdrift"] * dv_de
-    # both terms are there (the recombination term is the larger on this loss); a linked run that dropped the
-    # velocity path would miss by |∂L/∂v · dv/dE| ≫ the tolerance.  Finite differences limit agreement to ≈1e-10.
+    # both terms are there; a linked run that dropped the velocity path would miss by |∂L/∂v · dv/dE| ≫ the
+    # tolerance.  The two terms nearly cancel on this loss (±3.3e3 for a sum of 29), so the finite difference's own
+    # error (≈1e-10 of dv/dE) is compared with the terms, not with their sum: within 1e-9 of |∂L/∂E| + |∂L/∂v·dv/dE|.
     velocity_term = float(d_unlinked["vdrift"] * dv_de)
     assert abs(velocity_term) > 1e-4 * abs(float(expected)) and float(d_unlinked["eField"]) != 0.0
-    assert torch.allclose(d_linked, expected, rtol=1e-8, atol=0.0), (float(d_linked), float(expected))
+    scale = abs(float(d_unlinked["eField"])) + abs(velocity_term)
+    assert abs(float(d_linked) - float(expected)) <= 1e-9 * scale, (float(d_linked), float(expected), scale)
