@@ -180,6 +180,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sigma-replicas", type=int, default=0, metavar="N",
                    help="chi2 loss: per-readout sigma_ADC from N >= 5 noisy replicas of the guess at the initial "
                         "values (captures the integration-window jitter the noise model leaves out); 0 = noise model")
+    g.add_argument("--score-replicas", type=int, default=0, metavar="N",
+                   help="likelihood or chi2: also sigma from the sandwich H^-1 V H^-1, V the covariance of the score "
+                        "over N >= 10 targets drawn by the hard front end with noise at the fitted point (σ that "
+                        "hold where the model's noise is not exactly the data's; costs N gradient evaluations; "
+                        "default 0: not computed)")
     g.add_argument("--stop-after", type=int, default=None, help=argparse.SUPPRESS)   # test hook (simulated kill)
     scan = sub.add_parser("scan", help="1-D loss scans per parameter for several losses")
     _common(scan)
@@ -314,6 +319,13 @@ def check_arguments(args) -> None:
                  f"--sigma-replicas must be 0 (noise model) or >= {MIN_REPLICAS} (a readout seen in fewer replicas "
                  f"keeps the model sigma), got {args.sigma_replicas}")
         _require(not args.sigma_replicas or args.loss == "chi2", "--sigma-replicas needs --loss chi2")
+        from .fitter import MIN_SCORE_REPLICAS
+        _require(args.score_replicas == 0 or args.score_replicas >= MIN_SCORE_REPLICAS,
+                 f"--score-replicas must be 0 or >= {MIN_SCORE_REPLICAS} (a covariance of the score), "
+                 f"got {args.score_replicas}")
+        _require(not args.score_replicas or args.loss in ("likelihood", "chi2"),
+                 f"--score-replicas needs --loss likelihood or chi2 (loss {args.loss!r} reports no sigma)")
+        _require(not (args.score_replicas and args.no_hessian), "--score-replicas needs the Hessian (drop --no-hessian)")
         args.optimizer_kwargs_parsed = _json_object(args.optimizer_kwargs, "--optimizer-kwargs")
         args.scheduler_kwargs_parsed = _json_object(args.scheduler_kwargs, "--scheduler-kwargs")
         args.polish_kwargs_parsed = _json_object(args.polish_kwargs, "--polish-kwargs")
@@ -532,7 +544,7 @@ def cmd_fit(args) -> int:
             hessian_step=args.hessian_step, errordef_up=args.errordef, plots=not args.no_plots,
             polish_lbfgs=args.polish_lbfgs, polish_kwargs=args.polish_kwargs_parsed, max_wall_s=args.max_wall,
             polish_max_wall_s=args.polish_max_wall, polish_ftol=args.polish_ftol,
-            sigma_replicas=args.sigma_replicas)
+            sigma_replicas=args.sigma_replicas, score_replicas=args.score_replicas)
         targets = None
         if args.target_file:
             targets = targets_from_file(args.target_file, [dist.shard(b) for b in batches], dtype, device,
@@ -557,11 +569,15 @@ def cmd_fit(args) -> int:
 
 
 def _summary(result) -> None:
-    print(f"{'param':>12} {'initial':>12} {'target':>12} {'fitted':>12} {'sigma':>10} {'sandwich':>10}")
+    replicas = result.get("replica_sandwich") is not None
+    print(f"{'param':>12} {'initial':>12} {'target':>12} {'fitted':>12} {'sigma':>10} {'sandwich':>10}"
+          + (f" {'replica sandwich':>16}" if replicas else ""))
     for name, e in result["params"].items():
         fmt = lambda v: "-" if v is None else f"{v:.5g}"
         print(f"{name:>12} {fmt(e['initial']):>12} {fmt(e['target']):>12} {fmt(e['fitted']):>12} {fmt(e['sigma']):>10} "
-              f"{fmt(e.get('sigma_sandwich')):>10}")
+              f"{fmt(e.get('sigma_sandwich')):>10}" + (f" {fmt(e.get('sigma_replica_sandwich')):>16}" if replicas else ""))
+    if replicas and result["replica_sandwich"].get("reason"):
+        print(f"replica sandwich not computed: {result['replica_sandwich']['reason']}")
     print(f"iterations {result['iterations']}  final loss {result['final_loss']:.5g}  wall {result['wall_time_s']:.1f} s")
     if result.get("sigma_reason"):
         print(f"no sigma: {result['sigma_reason']}")

@@ -27,7 +27,7 @@ from .distributed import DistContext
 from .forward import accepts, call_forward
 from .history import History
 from .paramsets import ParamSet
-from .targets import derive_seed, simulate_targets
+from .targets import derive_seed, detach_tree, simulate_targets
 from .uncertainty import (covariance_from_hessian, degeneracy_warnings, fd_hessian, nan_to_none, sandwich_covariance,
                           to_physical)
 
@@ -64,9 +64,16 @@ class FitConfig:
     polish_ftol: float = 1e-12                  # polish converged when a step lowers the loss by <= ftol*max(|f|, 1)
     sigma_replicas: int = 0                     # χ² loss: per-readout σ_ADC from this many noisy replicas of the
                                                 # guess at the initial values (readout_sigma.py); 0 = noise model
+    score_replicas: int = 0                     # likelihood / χ²: also the sandwich σ whose score covariance is
+                                                # taken over this many hard-mode noisy replicas drawn at the
+                                                # fitted point (0: not computed)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: the fewest score replicas of the replica sandwich (σ from N replicas is known to ≈ 1/√(2N): 22 % at 10)
+MIN_SCORE_REPLICAS = 10
 
 
 class FitInterrupted(Exception):
@@ -89,6 +96,9 @@ def _check_config(config: FitConfig) -> None:
             raise ValueError(f"{name} must be a positive number of seconds, got {value}")
     if config.polish_lbfgs < 0:
         raise ValueError(f"polish_lbfgs must be >= 0, got {config.polish_lbfgs}")
+    if config.score_replicas != 0 and config.score_replicas < MIN_SCORE_REPLICAS:
+        raise ValueError(f"score_replicas must be 0 or >= {MIN_SCORE_REPLICAS} (a covariance of the score), "
+                         f"got {config.score_replicas}")
 
 
 class Fitter:
@@ -504,6 +514,61 @@ class Fitter:
                 "lbfgs_starts": restarts, "wall_time_s": time.perf_counter() - t0, "kwargs": kwargs}
 
     # ------------------------------------------------------------------ end of fit
+    def _replica_sandwich(self, theta: torch.Tensor, hess, statistical: bool, up: float) -> Dict[str, Any]:
+        """The sandwich covariance H⁻¹VH⁻¹ (internal units) with V the covariance of the score (the gradient of the
+        total loss at the fitted point ``theta``) over ``score_replicas`` targets drawn as data are made: the hard
+        front end with noise, at the fitted parameters, for the fit's own events.  Unlike the batch sandwich it
+        needs no more events than parameters; like it, σ grow where the score varies more than the likelihood's
+        curvature says (a model whose noise is not exactly the data's).  Returns covariance, sigma (internal),
+        replicas, variance_over_curvature (diag V / (2·up·diag H): 1 for a well-specified likelihood or χ²),
+        score_mean_over_standard_error, wall_time_s, or ``reason`` (covariance None) when it cannot be given."""
+        cfg = self.config
+        n = int(cfg.score_replicas)
+        reason = ("not a likelihood or chi2" if not statistical else "no Hessian (--no-hessian)" if hess is None
+                  else "not computed in distributed fits" if self.dist.enabled else None)
+        if reason is None and not np.all(np.linalg.eigvalsh(np.asarray(hess, dtype=np.float64)) > 0):
+            reason = "the Hessian is not positive definite"
+        if reason is not None:
+            return {"covariance": None, "sigma": None, "replicas": n, "reason": reason}
+        start = time.perf_counter()
+        params = self.paramset.build_params([theta[k] for k in range(theta.numel())], self.base)
+        saved = self.targets
+        bar = None
+        if cfg.progress and self.dist.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=n, desc="score replicas", unit="replica", dynamic_ncols=True, leave=False)
+        scores = []
+        try:
+            for r in range(n):
+                with torch.no_grad():
+                    self.targets = [None if batch.n_units == 0 else
+                                    detach_tree(call_forward(self.forward, params, batch.data, noise=True,
+                                                             seed=derive_seed(cfg.seed, 6, r, b)))
+                                    for b, batch in enumerate(self.local_batches)]
+                scores.append(self.evaluate(theta, total=True)[1].detach().cpu().double().numpy())
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            self.targets = saved
+            if bar is not None:
+                bar.close()
+        scores = np.asarray(scores).reshape(n, theta.numel())
+        hess = np.asarray(hess, dtype=np.float64)
+        variance = np.cov(scores, rowvar=False).reshape(theta.numel(), theta.numel())
+        inverse = np.linalg.inv(hess)
+        covariance = inverse @ variance @ inverse
+        diag = np.diag(covariance)
+        spread = np.sqrt(np.diag(variance) / n)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean_over_error = scores.mean(axis=0) / spread
+        return {"covariance": covariance, "sigma": np.where(diag > 0, np.sqrt(np.abs(diag)), np.nan),
+                "replicas": n, "reason": None,
+                "variance_over_curvature": dict(zip(self.paramset.names, nan_to_none(np.diag(variance) / (2.0 * up * np.diag(hess))))),
+                "score_mean_over_standard_error": dict(zip(self.paramset.names, nan_to_none(mean_over_error))),
+                "what": "H^-1 V H^-1, V the covariance of the score at the fitted point over targets drawn by the "
+                        "hard front end with noise at the fitted parameters",
+                "wall_time_s": time.perf_counter() - start}
+
     def _finish(self, leaves, history: History, iterations: int, wall: float, history_name: str,
                 polish: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         cfg = self.config
@@ -555,6 +620,11 @@ class Fitter:
             if computed["covariance"] is not None:
                 cov_sandwich = to_physical(computed["covariance"], ps.jacobians(ps.physical_values(leaves)))
                 sigma_sandwich = np.sqrt(np.abs(np.diag(cov_sandwich)))
+        replica = self._replica_sandwich(theta, hess, statistical, up) if cfg.score_replicas else None
+        sigma_replica = None
+        if replica is not None and replica["covariance"] is not None:
+            cov_replica = to_physical(replica["covariance"], ps.jacobians(ps.physical_values(leaves)))
+            sigma_replica = np.sqrt(np.abs(np.diag(cov_replica)))
         sigma_reason = None
         if not statistical:
             sigma_reason = (f"loss {getattr(self.loss_fn, 'name', type(self.loss_fn).__name__)!r} is not a likelihood "
@@ -577,6 +647,8 @@ class Fitter:
                                 "sigma": None if (unc is None or not statistical) else nan_to_none(sigma_phys[k]),
                                 "newton_step": convergence["newton_step"].get(s.name),
                                 "sigma_sandwich": None if sigma_sandwich is None else nan_to_none(sigma_sandwich[k]),
+                                "sigma_replica_sandwich": None if sigma_replica is None
+                                else nan_to_none(sigma_replica[k]),
                                 "unit": s.unit, "norm": s.norm, "lr": s.lr}
                        for k, s in enumerate(ps)},
             "iterations": int(iterations),
@@ -585,6 +657,8 @@ class Fitter:
             "sandwich": {"batches": len(batch_gradients or []), "reason": sandwich_reason,
                          "what": "H^-1 V H^-1, V the covariance of the per-batch scores at the fitted point: sigma "
                                  "robust to a noise model that is not exactly the data's"},
+            "replica_sandwich": None if replica is None else {
+                key: value for key, value in replica.items() if key not in ("covariance", "sigma")},
             "converged": convergence["converged"],
             "edm": convergence["edm"],
             "correlation": None if unc is None else nan_to_none(unc["correlation"]),

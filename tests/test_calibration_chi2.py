@@ -371,3 +371,39 @@ def test_sandwich_sigma_corrects_a_wrong_noise_model(assumed):
         assert r["sandwich"]["batches"] == 18 and r["sandwich"]["reason"] is None
     expected = 0.5 / assumed
     assert 0.7 * expected < np.mean(ratios) < 1.3 * expected, ratios
+
+
+# ---------------------------------------------------------------- replica sandwich (score over drawn targets)
+@pytest.mark.parametrize("assumed", [0.5, 0.25])
+def test_replica_sandwich_sigma_corrects_a_wrong_noise_model_from_one_batch(assumed):
+    """The same wrong noise model, all 18 tracks in one batch: the batch sandwich needs ≥ 2 batches per parameter
+    and gives nothing, while the replica sandwich (the score at the fitted point over 40 targets drawn with the
+    toy's true noise at the fitted parameters) is ≈ 0.5/assumed × the Hessian's σ (σ from 40 replicas is known to
+    ≈ 11 %; asserted within 25 %), and its V/(2·up·H) diagnostic ≈ (0.5/assumed)²."""
+    ps = ParamSet.from_names(["Ab"], lr=0.02)
+    f = Fitter(ps, ToyForward(), _Chi2Assumed(assumed), row_batches(make_toy_tracks(18, seed=2), 18),
+               FitConfig(iterations=0, polish_lbfgs=5, progress=False, plots=False, seed=1, score_replicas=40),
+               target_values={"Ab": 0.84}, target_noise=True)
+    data_targets = f.targets
+    r = f.run()
+    assert f.targets is data_targets                        # the fit's own targets are back after the replicas
+    assert r["sandwich"]["batches"] == 1 and r["params"]["Ab"]["sigma_sandwich"] is None
+    replica = r["replica_sandwich"]
+    assert replica["reason"] is None and replica["replicas"] == 40
+    expected = 0.5 / assumed
+    ratio = r["params"]["Ab"]["sigma_replica_sandwich"] / r["params"]["Ab"]["sigma"]
+    assert 0.75 * expected < ratio < 1.25 * expected, ratio
+    assert 0.5 * expected ** 2 < replica["variance_over_curvature"]["Ab"] < 1.6 * expected ** 2
+
+
+def test_replica_sandwich_refusals():
+    ps = ParamSet.from_names(["Ab"], lr=0.02)
+    with pytest.raises(ValueError, match="score_replicas must be 0 or >= 10"):
+        Fitter(ps, ToyForward(), _Chi2Assumed(0.5), row_batches(make_toy_tracks(4, seed=2), 4),
+               FitConfig(iterations=0, progress=False, plots=False, score_replicas=3), target_values={"Ab": 0.84})
+    # a loss that is not a likelihood: no σ at all, and the replica sandwich says why
+    f = Fitter(ps, ToyForward(), HitsLoss("space_match"), row_batches(make_toy_tracks(4, seed=2), 4),
+               FitConfig(iterations=0, progress=False, plots=False, score_replicas=10), target_values={"Ab": 0.84})
+    r = f.run()
+    assert r["params"]["Ab"]["sigma_replica_sandwich"] is None
+    assert r["replica_sandwich"]["reason"] == "not a likelihood or chi2"

@@ -450,6 +450,39 @@ def test_sigma_replicas_give_per_readout_sigmas(sim_input, tmp_path, capsys):
     assert code == 2 and "--sigma-replicas must be 0 (noise model) or >= 5" in err
 
 
+def test_score_replicas_give_the_replica_sandwich(sim_input, tmp_path, capsys):
+    """--score-replicas N: after the Hessian, N targets drawn by the hard front end with noise at the fitted point;
+    the covariance of the likelihood's score over them gives σ = √diag(H⁻¹VH⁻¹) (result.json
+    ``sigma_replica_sandwich`` and ``replica_sandwich``; a column of the printed summary).  On 6 short tracks the
+    relaxed model is close to hard mode's noise, so V/(2·up·H) is near 1 (10 replicas: ±45 %; asserted 0.3–3);
+    the σ is the formula's from the fit's own Hessian and that V.  Refused: N < 10, a loss that reports no σ,
+    and --no-hessian."""
+    path, _ = sim_input
+    args = ["fit", "--no-progress", "--no-plots", "--params", "Ab", "--target-values", "Ab=0.82", "--iterations", "0",
+            "--loss", "likelihood", "--input", path, "--ntracks", "2", "--polish-lbfgs", "3", "--clock-phases", "1"]
+    assert main([str(a) for a in (*args, "--score-replicas", "10", "--out", tmp_path / "replicas")]) == 0
+    assert "replica sandwich" in capsys.readouterr().out                     # the summary's column
+    result = json.loads((tmp_path / "replicas" / "result.json").read_text())
+    replica = result["replica_sandwich"]
+    assert replica["reason"] is None and replica["replicas"] == 10
+    ratio = replica["variance_over_curvature"]["Ab"]
+    assert 0.3 < ratio < 3.0, ratio
+    hessian = np.array(result["hessian_internal"])[0, 0]
+    entry = result["params"]["Ab"]
+    # one parameter: σ_replica / σ_Hessian = √(V/(2·up·H)) (up = 0.5; H and V in internal units, the same
+    # Jacobian converts both σ)
+    assert entry["sigma_replica_sandwich"] / entry["sigma"] == pytest.approx(math.sqrt(ratio), rel=1e-9)
+    assert hessian > 0
+    for extra, message in ((["--score-replicas", "3"], "--score-replicas must be 0 or >= 10"),
+                           (["--score-replicas", "10", "--no-hessian"], "--score-replicas needs the Hessian")):
+        code, err = run(capsys, tmp_path / "refused", *args, *extra)
+        assert code == 2 and message in err and "Traceback" not in err, err
+    other = [a for a in args if a != "likelihood"]
+    other[other.index("--loss") + 1:other.index("--loss") + 1] = ["space_match"]
+    code, err = run(capsys, tmp_path / "refused", *other, "--score-replicas", "10")
+    assert code == 2 and "--score-replicas needs --loss likelihood or chi2" in err, err
+
+
 def test_target_cache_is_reused_and_invalidated_by_a_changed_input(sim_input, tmp_path, capsys):
     """The closure targets are simulated once and cached in OUT/targets; a rerun reads them (shown by doctoring
     the cache); rewriting the input in place, even with the same size, makes new targets."""
