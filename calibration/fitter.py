@@ -29,7 +29,7 @@ from .history import History
 from .paramsets import ParamSet
 from .targets import derive_seed, detach_tree, simulate_targets
 from .uncertainty import (covariance_from_hessian, degeneracy_warnings, fd_hessian, nan_to_none, sandwich_covariance,
-                          to_physical)
+                          NOT_POSITIVE_DEFINITE, positive_definite, sandwich_from_score_covariance, to_physical)
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "lbfgs": torch.optim.LBFGS}
@@ -525,9 +525,8 @@ class Fitter:
         cfg = self.config
         n = int(cfg.score_replicas)
         reason = ("not a likelihood or chi2" if not statistical else "no Hessian (--no-hessian)" if hess is None
-                  else "not computed in distributed fits" if self.dist.enabled else None)
-        if reason is None and not np.all(np.linalg.eigvalsh(np.asarray(hess, dtype=np.float64)) > 0):
-            reason = "the Hessian is not positive definite"
+                  else "not computed in distributed fits" if self.dist.enabled
+                  else NOT_POSITIVE_DEFINITE if not positive_definite(hess) else None)
         if reason is not None:
             return {"covariance": None, "sigma": None, "replicas": n, "reason": reason}
         start = time.perf_counter()
@@ -555,15 +554,12 @@ class Fitter:
         scores = np.asarray(scores).reshape(n, theta.numel())
         hess = np.asarray(hess, dtype=np.float64)
         variance = np.cov(scores, rowvar=False).reshape(theta.numel(), theta.numel())
-        inverse = np.linalg.inv(hess)
-        covariance = inverse @ variance @ inverse
-        diag = np.diag(covariance)
         spread = np.sqrt(np.diag(variance) / n)
         with np.errstate(invalid="ignore", divide="ignore"):
             mean_over_error = scores.mean(axis=0) / spread
-        return {"covariance": covariance, "sigma": np.where(diag > 0, np.sqrt(np.abs(diag)), np.nan),
-                "replicas": n, "reason": None,
-                "variance_over_curvature": dict(zip(self.paramset.names, nan_to_none(np.diag(variance) / (2.0 * up * np.diag(hess))))),
+        return {**sandwich_from_score_covariance(hess, variance), "replicas": n,
+                "variance_over_curvature": dict(zip(self.paramset.names,
+                                                    nan_to_none(np.diag(variance) / (2.0 * up * np.diag(hess))))),
                 "score_mean_over_standard_error": dict(zip(self.paramset.names, nan_to_none(mean_over_error))),
                 "what": "H^-1 V H^-1, V the covariance of the score at the fitted point over targets drawn by the "
                         "hard front end with noise at the fitted parameters",

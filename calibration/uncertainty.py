@@ -87,17 +87,28 @@ def sandwich_covariance(hess: np.ndarray, batch_gradients: Sequence[np.ndarray])
         return {"covariance": None, "sigma": None, "batches": batches,
                 "reason": f"{batches} independent batch(es) for {n} parameter(s): the score's covariance needs at "
                           f"least {SANDWICH_MIN_BATCHES_PER_PARAMETER * n} (use more events, or --tracks-per-batch 1)"}
-    eig = np.linalg.eigvalsh(hess)
-    if not np.all(eig > 0):
-        return {"covariance": None, "sigma": None, "batches": batches,
-                "reason": "the Hessian is not positive definite"}
     centred = grads - grads.mean(axis=0)
-    score = centred.T @ centred * batches / (batches - 1)
+    return {**sandwich_from_score_covariance(hess, centred.T @ centred * batches / (batches - 1)), "batches": batches}
+
+
+NOT_POSITIVE_DEFINITE = "the Hessian is not positive definite"
+
+
+def positive_definite(hess: np.ndarray) -> bool:
+    return bool(np.all(np.linalg.eigvalsh(np.asarray(hess, dtype=np.float64)) > 0))
+
+
+def sandwich_from_score_covariance(hess: np.ndarray, score_covariance: np.ndarray) -> Dict[str, object]:
+    """H⁻¹ V H⁻¹ for a Hessian ``hess`` of the total loss and a covariance V of its score (however V was
+    estimated: per-batch gradients, or gradients against replicas of the data); covariance and sigma (internal
+    units), or ``reason`` (covariance None) where H is not positive definite."""
+    hess = np.asarray(hess, dtype=np.float64)
+    if not positive_definite(hess):
+        return {"covariance": None, "sigma": None, "reason": NOT_POSITIVE_DEFINITE}
     inverse = np.linalg.inv(hess)
-    covariance = inverse @ score @ inverse
+    covariance = inverse @ np.asarray(score_covariance, dtype=np.float64) @ inverse
     diag = np.diag(covariance)
-    return {"covariance": covariance, "sigma": np.where(diag > 0, np.sqrt(np.abs(diag)), np.nan),
-            "batches": batches, "reason": None}
+    return {"covariance": covariance, "sigma": np.where(diag > 0, np.sqrt(np.abs(diag)), np.nan), "reason": None}
 
 
 #: |correlation| above which two fitted parameters are reported as (nearly) degenerate

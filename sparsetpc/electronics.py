@@ -210,12 +210,12 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
     if skip > 0:
         cumulative, read_charge, end_f = cumulative[:, skip:], read_charge[:, skip:], end_f[:, skip:]
         columns_f, horizon_exposure = columns_f[skip:], horizon_exposure[:, skip:]
-    start = torch.cat(starts)                                                                  # [2U or 3U] integer
+    start = torch.cat(starts)                                                    # [S·U] integer, S = 1 or 4 starts
     rows = torch.cat([torch.arange(n_pixels, device=start.device)] * len(starts))
     base = padded[rows, start]                                                                 # C(start − 1)
-    exposed = columns_f[None, :] >= start.to(dtype)[:, None]                                   # [2U, W]
+    exposed = columns_f[None, :] >= start.to(dtype)[:, None]                                   # [S·U, W]
     baseline = nodes * sigma_baseline                                                          # [M]
-    running = (cumulative[rows] - base[:, None])[:, :, None] + baseline                         # [2U, W, M]
+    running = (cumulative[rows] - base[:, None])[:, :, None] + baseline                         # [S·U, W, M]
     exposure = torch.where(exposed, horizon_exposure[rows], torch.zeros_like(horizon_exposure[rows]))
     log_survive = exposure[:, :, None] * torch.special.log_ndtr((thr - running) / sigma_tick)
     survive_through = torch.cumsum(log_survive, dim=1)
@@ -229,13 +229,13 @@ def _walk_attempt(position, sigma_baseline, cumulative, padded, read_charge, col
     stored_value = first * (value * passes + sigma_read * density)
     # E[X²; X > thr] for X ~ N(v, σ²): (v² + σ²)Φ(z) + σ(v + thr)φ(z)
     stored_square = first * ((value * value + sigma_read ** 2) * passes + sigma_read * (value + thr) * density)
-    stored_column = stored.sum(dim=2)                                                           # [2U, W]
+    stored_column = stored.sum(dim=2)                                                           # [S·U, W]
     failed_column = failed.sum(dim=2)
     outputs = torch.stack([stored_column.sum(dim=1), stored_value.sum(dim=(1, 2)),
                            (stored_column * columns_f).sum(dim=1), (stored_column * end_f[rows]).sum(dim=1),
                            failed_column.sum(dim=1), (failed_column * end_f[rows]).sum(dim=1),
                            stored_square.sum(dim=(1, 2)), (stored_column * columns_f * columns_f).sum(dim=1),
-                           (stored_value.sum(dim=2) * columns_f).sum(dim=1)])                     # [9, 2U]
+                           (stored_value.sum(dim=2) * columns_f).sum(dim=1)])                     # [9, S·U]
     if exact_start:
         return tuple(outputs) + (tuple(torch.zeros_like(outputs[:3])) if slopes else ())
     walks = outputs.reshape(9, 4, n_pixels)                                 # [output, start n − 1 … n + 2, row]
