@@ -191,7 +191,37 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--losses", nargs="+", default=["space_match", "chamfer", "sinkhorn", "sdtw"],
                       help="loss names, optionally NAME:key=value,... (e.g. space_match:temperature=0.5)")
     scan.add_argument("--points", type=int, default=21)
+    _select_parser(sub)
     return parser
+
+
+def _select_parser(sub) -> None:
+    p = sub.add_parser("select", help="choose the N tracks of a file whose readouts constrain the parameters best "
+                                      "(Fisher information of the readout likelihood at the nominal values)")
+    p.add_argument("--input", required=True, help="edep-sim HDF5 file (dataset `segments`)")
+    p.add_argument("--n", type=int, default=12, help="tracks to choose (default 12)")
+    p.add_argument("--out", required=True, help="edep-sim HDF5 file written with the chosen tracks' segments")
+    p.add_argument("--report", default=None, help="JSON report (default: OUT with .json; a figure beside it, .png): "
+                                                  "every candidate's σ, the choice, the first-track-per-event baseline")
+    p.add_argument("--reuse", default=None, metavar="REPORT",
+                   help="take the candidates' Fisher matrices from an earlier report of the same input and options")
+    p.add_argument("--params", nargs="+", default=list(SELECT_PARAMS), help="parameters to constrain")
+    p.add_argument("--goal", nargs="+", default=None, metavar="NAME=FRACTION",
+                   help="relative σ aimed at per parameter (default 0.1 each; only the ratios steer the choice)")
+    p.add_argument("--pdg", nargs="+", type=int, default=[13, 211], help="particles, |PDG code| (default 13 211)")
+    p.add_argument("--min-length", type=float, default=10.0, help="cm of track (Σdx), default 10")
+    p.add_argument("--min-drift-extent", type=float, default=15.0, help="cm of drift spanned, default 15")
+    p.add_argument("--max-abs-cos-theta", type=float, default=0.966, help="to the drift axis, default 0.966")
+    p.add_argument("--any-per-event", action="store_true", help="allow several tracks of one event (default one)")
+    p.add_argument("--clock-phases", type=int, default=1, metavar="K", help="relaxed front end's clock phases")
+    p.add_argument("--memory-budget", default="1GB")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+
+#: what the calibration-from-hits closure fits
+SELECT_PARAMS = ("Ab", "kb", "lifetime", "vdrift", "tran_diff", "long_diff")
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -628,7 +658,128 @@ def _expected_errors() -> tuple:
     return (ParamSetError, CheckpointError)
 
 
+def cmd_select(args) -> int:
+    """``select``: Fisher information per candidate track, a greedy + exchange choice, the chosen rows written."""
+    import h5py
+    import numpy as np
+    import sparsetpc as st
+    from sparsetpc.electronics import FrontEnd
+    from sparsetpc.io import atomic_write
+    from sparsetpc.params import Params
+    from sparsetpc.segments import read_segment_rows_and_frame, swap_xz
+    from . import selection
+    from .checkpoint import file_digest
+    from ._io import write_json
+    _require(args.n >= 1, f"--n must be at least 1, got {args.n}")
+    _require(args.clock_phases >= 1, f"--clock-phases must be at least 1, got {args.clock_phases}")
+    for value, option in ((args.min_length, "--min-length"), (args.min_drift_extent, "--min-drift-extent"),
+                          (args.max_abs_cos_theta, "--max-abs-cos-theta")):
+        _require(math.isfinite(value) and value >= 0, f"{option} must be a finite number >= 0, got {value}")
+    unknown = [n for n in args.params if n not in Params.names()]
+    _require(not unknown, f"--params: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(Params.names())}")
+    _require(len(set(args.params)) == len(args.params), "--params: a parameter is given twice")
+    goals = _key_values(args.goal, "--goal")
+    _require(all(k in args.params for k in goals), f"--goal names a parameter not in --params ({', '.join(goals)})")
+    _require(all(v > 0 for v in goals.values()), "--goal: fractions must be > 0")
+    if args.threads:
+        _require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    budget = check_memory_budget(args.memory_budget)
+    report_path = args.report or os.path.splitext(args.out)[0] + ".json"
+    from sparsetpc.cli.errors import check_output_path, describe
+    check_output_path(args.out, inputs=[args.input], option="--out")
+    check_output_path(report_path, inputs=[args.input, args.out], option="--report")
+    _require(os.path.abspath(report_path) != os.path.abspath(args.out), "--report and --out are the same file")
+    _require(os.path.isfile(args.input), f"--input {args.input}: no such file")
+
+    stored, swap = read_segment_rows_and_frame(args.input)
+    rows = swap_xz(stored) if swap else stored
+    candidates = selection.track_candidates(rows, pdg=args.pdg, min_length=args.min_length,
+                                            min_drift_extent=args.min_drift_extent,
+                                            max_abs_cos_theta=args.max_abs_cos_theta)
+    if not candidates:
+        raise UsageError(f"--input {args.input}: no track passes the selection (|PDG| in {args.pdg}, length >= "
+                         f"{args.min_length} cm, drift extent >= {args.min_drift_extent} cm, |cos θ| < "
+                         f"{args.max_abs_cos_theta})")
+    events = [c.event for c in candidates]
+    available = len(candidates) if args.any_per_event else len(set(events))
+    if args.n > available:
+        raise UsageError(f"--n {args.n}: only {available} {'track' if args.any_per_event else 'event'}(s) with a "
+                         f"candidate track in {args.input}")
+    params = Params.nominal(dtype=torch.float64)
+    values = {n: float(getattr(params, n)) for n in args.params}
+    definition = {"input_sha256": file_digest(args.input)["sha256"], "params": list(args.params),
+                  "values": values, "clock_phases": args.clock_phases,
+                  "candidates": [[c.event, c.track] for c in candidates]}
+    t0 = time.perf_counter()
+    if args.reuse:
+        try:
+            with open(args.reuse) as handle:
+                earlier = json.load(handle)
+            matrices = np.asarray([c["fisher"] for c in earlier["candidates"]], dtype=np.float64)
+            walls = [c["fisher_wall_s"] for c in earlier["candidates"]]
+            warned = [c["simulation_warnings"] for c in earlier["candidates"]]
+            same = earlier["definition"] == definition
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise UsageError(f"--reuse {args.reuse}: not a selection report ({describe(error)})") from None
+        _require(same, f"--reuse {args.reuse}: made from another input, parameter list, clock phases or selection")
+    else:
+        detector = st.Detector.default()
+        front_end = FrontEnd(tick=detector.tick, clock_phases=args.clock_phases)
+        print(f"{len(candidates)} candidate tracks in {len(set(events))} events; Fisher information of each "
+              f"({', '.join(args.params)}) at the nominal values", file=sys.stderr)
+        matrices, walls, warned = selection.candidate_fisher(rows, candidates, args.params, params=params,
+                                                             detector=detector, front_end=front_end,
+                                                             memory_budget=budget, progress=not args.no_progress)
+    choice = selection.choose_tracks(matrices, values, args.n, goals=goals, events=events,
+                                     one_per_event=not args.any_per_event)
+    baseline = selection.first_per_event(candidates, args.n)
+    baseline_sigma = selection.combined_relative_sigma(matrices, values, baseline)
+
+    chosen_keys = {(candidates[i].event, candidates[i].track) for i in choice.indices}
+    key = list(zip(np.asarray(stored["eventID"]).astype(np.int64).tolist(),
+                   np.asarray(stored["trackID"]).astype(np.int64).tolist()))
+    keep = np.array([k in chosen_keys for k in key]) & (np.asarray(stored["dx"], np.float64) > 0)
+    with h5py.File(args.input, "r") as handle:
+        attrs = dict(handle["segments"].attrs)
+    with atomic_write(args.out) as tmp:
+        with h5py.File(tmp, "w") as f:
+            dset = f.create_dataset("segments", data=stored[keep])
+            for k, v in attrs.items():
+                dset.attrs[k] = v
+            f.attrs["generator"] = (f"python -m calibration select --input {os.path.basename(args.input)} --n {args.n}"
+                                    f" --params {' '.join(args.params)}")
+    percent = lambda d: {k: selection.finite(100.0 * v) for k, v in d.items()}
+    report = {
+        "what": "tracks chosen by the Fisher information of the readout likelihood at the nominal values "
+                "(σ in % of the value, every listed parameter free; no fit, no noise draw)",
+        "definition": definition, "goals": {n: goals.get(n, 0.1) for n in args.params},
+        "one_per_event": not args.any_per_event,
+        "chosen": [[candidates[i].event, candidates[i].track] for i in choice.indices],
+        "predicted_sigma_percent": percent(choice.relative_sigma),
+        "baseline": {"what": f"the first candidate of each event, {args.n} events in order",
+                     "tracks": [[candidates[i].event, candidates[i].track] for i in baseline],
+                     "predicted_sigma_percent": percent(baseline_sigma)},
+        "exchanges": choice.exchanges, "wall_time_s": time.perf_counter() - t0,
+        "candidates": [dict(c.as_dict(), chosen=i in choice.indices, fisher=matrices[i].tolist(),
+                            sigma_percent=percent(selection.combined_relative_sigma(matrices, values, [i])),
+                            fisher_wall_s=walls[i], simulation_warnings=warned[i])
+                       for i, c in enumerate(candidates)],
+    }
+    write_json(report_path, report)
+    from .plots import plot_selection
+    figure = os.path.splitext(report_path)[0] + ".png"
+    plot_selection(report, figure)
+    print(f"{'':>10} " + " ".join(f"{n:>10}" for n in args.params))
+    print(f"{'chosen':>10} " + " ".join(f"{100 * choice.relative_sigma[n]:>9.3g}%" for n in args.params))
+    print(f"{'first':>10} " + " ".join(f"{100 * baseline_sigma[n]:>9.3g}%" for n in args.params))
+    print(f"wrote {args.out} ({len(choice.indices)} tracks, {int(keep.sum())} segments), {report_path} and {figure}")
+    return 0
+
+
 def _run(args) -> int:
+    if args.command == "select":
+        return cmd_select(args)
     check_arguments(args)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -123,3 +123,42 @@ def plot_scans_from_json(path, out_dir) -> list:
         paths.append(os.path.join(out_dir, f"scan_{scan['param']}.png"))
         plot_scan(scan, paths[-1])
     return paths
+
+
+def plot_selection(report: Mapping, path):
+    """A track selection (``python -m calibration select``): left, the predicted σ per parameter of the chosen
+    tracks beside the first-track-per-event baseline; right, each candidate's own σ of the first two
+    parameters (log-log), the chosen ones marked.  Returns the Figure."""
+    plt = _plt()
+    names = list(report["definition"]["params"])
+    chosen = [report["predicted_sigma_percent"][n] for n in names]
+    baseline = [report["baseline"]["predicted_sigma_percent"][n] for n in names]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
+    x = np.arange(len(names))
+    as_float = lambda v: np.array([np.nan if e is None else e for e in v], dtype=float)
+    left.bar(x - 0.2, as_float(baseline), width=0.4, label=f"first track of {len(report['chosen'])} events")
+    left.bar(x + 0.2, as_float(chosen), width=0.4, label=f"chosen {len(report['chosen'])} tracks")
+    for name, goal in report.get("goals", {}).items():
+        if name in names:
+            k = names.index(name)
+            left.hlines(100 * goal, k - 0.45, k + 0.45, colors="k", linestyles=":", lw=1)
+    left.set_yscale("log")
+    left.set_xticks(x, names, rotation=30, ha="right")
+    left.set_ylabel("predicted σ [% of value] (dotted: goal)")
+    left.legend(fontsize=8)
+    if len(names) >= 2:
+        a, b = names[0], names[1]
+        cands = report["candidates"]
+        xa = as_float([c["sigma_percent"][a] for c in cands])
+        yb = as_float([c["sigma_percent"][b] for c in cands])
+        mark = np.array([c["chosen"] for c in cands], dtype=bool)
+        right.scatter(xa[~mark], yb[~mark], s=14, c="0.6", label="candidate")
+        right.scatter(xa[mark], yb[mark], s=30, c="C1", edgecolors="k", label="chosen")
+        right.set_xscale("log")
+        right.set_yscale("log")
+        right.set_xlabel(f"σ({a}) of the track alone [%]")
+        right.set_ylabel(f"σ({b}) of the track alone [%]")
+        right.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+    return fig
