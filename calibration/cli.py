@@ -659,10 +659,12 @@ def _expected_errors() -> tuple:
 
 
 def cmd_select(args) -> int:
-    """``select``: Fisher information per candidate track, a greedy + exchange choice, the chosen rows written."""
+    """``select``: Fisher information per candidate track, a greedy + exchange choice; writes the report (with
+    every matrix) first, then the chosen tracks, then the figure."""
     import h5py
     import numpy as np
     import sparsetpc as st
+    from sparsetpc.cli.errors import check_output_path, describe
     from sparsetpc.electronics import FrontEnd
     from sparsetpc.io import atomic_write
     from sparsetpc.params import Params
@@ -670,8 +672,10 @@ def cmd_select(args) -> int:
     from . import selection
     from .checkpoint import file_digest
     from ._io import write_json
+    from .plots import plot_selection
     _require(args.n >= 1, f"--n must be at least 1, got {args.n}")
     _require(args.clock_phases >= 1, f"--clock-phases must be at least 1, got {args.clock_phases}")
+    _require(args.threads is None or args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
     for value, option in ((args.min_length, "--min-length"), (args.min_drift_extent, "--min-drift-extent"),
                           (args.max_abs_cos_theta, "--max-abs-cos-theta")):
         _require(math.isfinite(value) and value >= 0, f"{option} must be a finite number >= 0, got {value}")
@@ -679,18 +683,21 @@ def cmd_select(args) -> int:
     _require(not unknown, f"--params: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(Params.names())}")
     _require(len(set(args.params)) == len(args.params), "--params: a parameter is given twice")
     goals = _key_values(args.goal, "--goal")
-    _require(all(k in args.params for k in goals), f"--goal names a parameter not in --params ({', '.join(goals)})")
+    stray = [k for k in goals if k not in args.params]
+    _require(not stray, f"--goal names parameter(s) not in --params: {', '.join(stray)}")
     _require(all(v > 0 for v in goals.values()), "--goal: fractions must be > 0")
     if args.threads:
-        _require(args.threads >= 1, f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     budget = check_memory_budget(args.memory_budget)
     report_path = args.report or os.path.splitext(args.out)[0] + ".json"
-    from sparsetpc.cli.errors import check_output_path, describe
-    check_output_path(args.out, inputs=[args.input], option="--out")
-    check_output_path(report_path, inputs=[args.input, args.out], option="--report")
-    _require(os.path.abspath(report_path) != os.path.abspath(args.out), "--report and --out are the same file")
-    _require(os.path.isfile(args.input), f"--input {args.input}: no such file")
+    figure = os.path.splitext(report_path)[0] + ".png"
+    outputs = {"--out": args.out, "--report": report_path, "the figure": figure}
+    _require(len({os.path.abspath(v) for v in outputs.values()}) == 3,
+             f"--out {args.out}, the report {report_path} and the figure {figure} must be three different files")
+    for option, path in outputs.items():
+        check_output_path(path, inputs=[args.input], option=option)
+    _require(os.path.exists(args.input), f"--input {args.input}: no such file")
+    _require(os.path.isfile(args.input), f"--input {args.input}: not a file")
 
     stored, swap = read_segment_rows_and_frame(args.input)
     rows = swap_xz(stored) if swap else stored
@@ -709,20 +716,22 @@ def cmd_select(args) -> int:
     params = Params.nominal(dtype=torch.float64)
     values = {n: float(getattr(params, n)) for n in args.params}
     definition = {"input_sha256": file_digest(args.input)["sha256"], "params": list(args.params),
-                  "values": values, "clock_phases": args.clock_phases,
+                  "values": values, "clock_phases": args.clock_phases, "detector": "module-0 (built in)",
                   "candidates": [[c.event, c.track] for c in candidates]}
     t0 = time.perf_counter()
     if args.reuse:
         try:
             with open(args.reuse) as handle:
                 earlier = json.load(handle)
-            matrices = np.asarray([c["fisher"] for c in earlier["candidates"]], dtype=np.float64)
-            walls = [c["fisher_wall_s"] for c in earlier["candidates"]]
-            warned = [c["simulation_warnings"] for c in earlier["candidates"]]
             same = earlier["definition"] == definition
-        except (OSError, ValueError, KeyError, TypeError) as error:
+            matrices = np.asarray([c["fisher"] for c in earlier["candidates"]], dtype=np.float64)
+            walls = [float(c["fisher_wall_s"]) for c in earlier["candidates"]]
+            warned = [int(c["simulation_warnings"]) for c in earlier["candidates"]]
+            shape_ok = matrices.shape == (len(candidates), len(args.params), len(args.params))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             raise UsageError(f"--reuse {args.reuse}: not a selection report ({describe(error)})") from None
-        _require(same, f"--reuse {args.reuse}: made from another input, parameter list, clock phases or selection")
+        _require(same and shape_ok, f"--reuse {args.reuse}: made from another input, parameter list, clock phases "
+                                    "or candidate selection")
     else:
         detector = st.Detector.default()
         front_end = FrontEnd(tick=detector.tick, clock_phases=args.clock_phases)
@@ -731,15 +740,41 @@ def cmd_select(args) -> int:
         matrices, walls, warned = selection.candidate_fisher(rows, candidates, args.params, params=params,
                                                              detector=detector, front_end=front_end,
                                                              memory_budget=budget, progress=not args.no_progress)
-    choice = selection.choose_tracks(matrices, values, args.n, goals=goals, events=events,
+    usable = [i for i in range(len(candidates)) if np.all(np.isfinite(matrices[i]))]
+    if len(usable) < len(candidates):
+        print(f"{len(candidates) - len(usable)} candidate(s) with a non-finite Fisher matrix left out (listed in "
+              f"{report_path})", file=sys.stderr)
+    usable_events = len(usable) if args.any_per_event else len({events[i] for i in usable})
+    _require(args.n <= usable_events, f"--n {args.n}: only {usable_events} usable candidate(s)/event(s) left")
+    choice = selection.choose_tracks(matrices[usable], values, args.n, goals=goals, events=[events[i] for i in usable],
                                      one_per_event=not args.any_per_event)
+    chosen = [usable[i] for i in choice.indices]
     baseline = selection.first_per_event(candidates, args.n)
     baseline_sigma = selection.combined_relative_sigma(matrices, values, baseline)
+    percent = lambda d: {k: 100.0 * v for k, v in d.items()}        # inf/NaN are written as null
+    report = {
+        "what": "tracks chosen by the Fisher information of the readout likelihood at the nominal values "
+                "(σ in % of the value, every listed parameter free; no fit, no noise draw); fit them with "
+                "--no-cuts: the information is of every segment of each track",
+        "command": "python -m calibration " + " ".join(args.argv), "definition": definition,
+        "goals": {n: goals.get(n, 0.1) for n in args.params}, "one_per_event": not args.any_per_event,
+        "chosen": [[candidates[i].event, candidates[i].track] for i in chosen],
+        "predicted_sigma_percent": percent(choice.relative_sigma),
+        "exchanges": choice.exchanges, "exchanges_converged": choice.converged,
+        "baseline": {"what": f"the first candidate of each event, {len(baseline)} events in order",
+                     "tracks": [[candidates[i].event, candidates[i].track] for i in baseline],
+                     "predicted_sigma_percent": percent(baseline_sigma)},
+        "wall_time_s": time.perf_counter() - t0,
+        "candidates": [dict(c.as_dict(), chosen=i in chosen, usable=i in usable, fisher=matrices[i].tolist(),
+                            sigma_percent=percent(selection.combined_relative_sigma(matrices, values, [i])),
+                            fisher_wall_s=walls[i], simulation_warnings=warned[i])
+                       for i, c in enumerate(candidates)],
+    }
+    write_json(report_path, report)
 
-    chosen_keys = {(candidates[i].event, candidates[i].track) for i in choice.indices}
-    key = list(zip(np.asarray(stored["eventID"]).astype(np.int64).tolist(),
-                   np.asarray(stored["trackID"]).astype(np.int64).tolist()))
-    keep = np.array([k in chosen_keys for k in key]) & (np.asarray(stored["dx"], np.float64) > 0)
+    chosen_keys = {(candidates[i].event, candidates[i].track) for i in chosen}
+    key = zip(np.asarray(stored["eventID"]).astype(np.int64).tolist(), np.asarray(stored["trackID"]).astype(np.int64).tolist())
+    keep = np.array([k in chosen_keys for k in key])
     with h5py.File(args.input, "r") as handle:
         attrs = dict(handle["segments"].attrs)
     with atomic_write(args.out) as tmp:
@@ -747,33 +782,13 @@ def cmd_select(args) -> int:
             dset = f.create_dataset("segments", data=stored[keep])
             for k, v in attrs.items():
                 dset.attrs[k] = v
-            f.attrs["generator"] = (f"python -m calibration select --input {os.path.basename(args.input)} --n {args.n}"
-                                    f" --params {' '.join(args.params)}")
-    percent = lambda d: {k: selection.finite(100.0 * v) for k, v in d.items()}
-    report = {
-        "what": "tracks chosen by the Fisher information of the readout likelihood at the nominal values "
-                "(σ in % of the value, every listed parameter free; no fit, no noise draw)",
-        "definition": definition, "goals": {n: goals.get(n, 0.1) for n in args.params},
-        "one_per_event": not args.any_per_event,
-        "chosen": [[candidates[i].event, candidates[i].track] for i in choice.indices],
-        "predicted_sigma_percent": percent(choice.relative_sigma),
-        "baseline": {"what": f"the first candidate of each event, {args.n} events in order",
-                     "tracks": [[candidates[i].event, candidates[i].track] for i in baseline],
-                     "predicted_sigma_percent": percent(baseline_sigma)},
-        "exchanges": choice.exchanges, "wall_time_s": time.perf_counter() - t0,
-        "candidates": [dict(c.as_dict(), chosen=i in choice.indices, fisher=matrices[i].tolist(),
-                            sigma_percent=percent(selection.combined_relative_sigma(matrices, values, [i])),
-                            fisher_wall_s=walls[i], simulation_warnings=warned[i])
-                       for i, c in enumerate(candidates)],
-    }
-    write_json(report_path, report)
-    from .plots import plot_selection
-    figure = os.path.splitext(report_path)[0] + ".png"
+            f.attrs["generator"] = report["command"]
     plot_selection(report, figure)
-    print(f"{'':>10} " + " ".join(f"{n:>10}" for n in args.params))
-    print(f"{'chosen':>10} " + " ".join(f"{100 * choice.relative_sigma[n]:>9.3g}%" for n in args.params))
-    print(f"{'first':>10} " + " ".join(f"{100 * baseline_sigma[n]:>9.3g}%" for n in args.params))
-    print(f"wrote {args.out} ({len(choice.indices)} tracks, {int(keep.sum())} segments), {report_path} and {figure}")
+    print(f"{'σ [%]':>10} " + " ".join(f"{n:>10}" for n in args.params))
+    print(f"{'chosen':>10} " + " ".join(f"{100 * choice.relative_sigma[n]:>10.3g}" for n in args.params))
+    print(f"{'first':>10} " + " ".join(f"{100 * baseline_sigma[n]:>10.3g}" for n in args.params))
+    print(f"wrote {args.out} ({len(chosen)} tracks, {int(keep.sum())} segments: fit them with --no-cuts), "
+          f"{report_path} and {figure}")
     return 0
 
 
@@ -790,6 +805,7 @@ def _run(args) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)      # for the record (select's report and output)
     return run_guarded(PROG, lambda: _run(args), debug=args.debug, extra_expected=_expected_errors())
 
 

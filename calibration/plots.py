@@ -136,7 +136,7 @@ def plot_selection(report: Mapping, path):
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.2))
     x = np.arange(len(names))
     as_float = lambda v: np.array([np.nan if e is None else e for e in v], dtype=float)
-    left.bar(x - 0.2, as_float(baseline), width=0.4, label=f"first track of {len(report['chosen'])} events")
+    left.bar(x - 0.2, as_float(baseline), width=0.4, label=f"first track of {len(report['baseline']['tracks'])} events")
     left.bar(x + 0.2, as_float(chosen), width=0.4, label=f"chosen {len(report['chosen'])} tracks")
     for name, goal in report.get("goals", {}).items():
         if name in names:

@@ -20,7 +20,6 @@ break the Ab–kb degeneracy of minimum-ionising tracks: Birks' recombination de
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, asdict
 from typing import Dict, List, Optional, Sequence
 
@@ -40,7 +39,7 @@ class Candidate:
     n_segments: int
     length: float              # Σ dx over the track's segments [cm]
     drift_extent: float        # max − min of the segments' z (drift axis) [cm]
-    abs_cos_theta: float       # |cos θ| to the drift axis, first start → last end (as sparsetpc.segments.Cuts)
+    abs_cos_theta: float       # |cos θ| to the drift axis, first start → last end (the direction Cuts uses)
     max_dEdx: float            # largest segment dE/dx [MeV/cm]: a stopping track's Bragg peak
 
     def as_dict(self) -> dict:
@@ -82,15 +81,11 @@ def track_candidates(rows: np.ndarray, *, pdg: Sequence[int] = DEFAULT_PDG, min_
 
 
 def relative_sigma(matrix: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Marginal σ_i / |value_i| of the information ``matrix`` (physical units); inf where F is singular."""
-    scale = np.abs(values)
-    scaled = matrix * np.outer(scale, scale)                # information of the relative parameters
-    try:
-        inverse = np.linalg.inv(scaled)
-    except np.linalg.LinAlgError:
-        return np.full(len(values), np.inf)
-    diag = np.diag(inverse)
-    return np.where(diag > 0, np.sqrt(np.abs(diag)), np.inf)
+    """Marginal σ_i / |value_i| of the information ``matrix`` (physical units); inf where F is not positive
+    definite (:func:`calibration.fisher.marginal_sigma`)."""
+    from .fisher import marginal_sigma
+    sigma = marginal_sigma(matrix) / np.abs(values)
+    return np.where(np.isfinite(sigma), sigma, np.inf)
 
 
 def _criterion(matrix: np.ndarray, values: np.ndarray, goals: np.ndarray) -> float:
@@ -105,15 +100,18 @@ class Choice:
     relative_sigma: Dict[str, float]       # σ_i / value_i of the chosen tracks together (no prior)
     criterion: float                       # max_i σ_i / (value_i · goal_i)
     exchanges: int                         # exchanges that improved the greedy start
+    converged: bool                        # no single exchange improves the criterion (False: max_exchanges hit)
 
 
 def choose_tracks(matrices: np.ndarray, values: Dict[str, float], n: int, *, goals: Optional[Dict[str, float]] = None,
                   events: Optional[Sequence[int]] = None, one_per_event: bool = True,
-                  prior_relative: float = 1.0, max_rounds: int = 20) -> Choice:
+                  prior_relative: float = 1.0, max_exchanges: int = 10_000) -> Choice:
     """Choose ``n`` of the K tracks whose Fisher matrices are ``matrices`` [K, P, P] (physical units, the
     parameters in the order of ``values``) minimising max_i σ_i / (value_i · goal_i) of their sum.
 
     ``goals``: the relative σ aimed at per parameter (default 0.1 each); only their ratios steer the choice.
+    Exchanges (the best single swap of a chosen track for an unchosen one, one per round) go on until none
+    improves the criterion; each must improve it strictly, so the loop ends; ``max_exchanges`` is a safety cap.
     ``events``: each candidate's eventID, for ``one_per_event``.  Raises ValueError when fewer than ``n``
     candidates (or events) are available."""
     matrices = np.asarray(matrices, dtype=np.float64)
@@ -143,8 +141,8 @@ def choose_tracks(matrices: np.ndarray, values: Dict[str, float], n: int, *, goa
         options = [k for k in range(k_all) if k not in chosen and int(group[k]) not in used]
         best = min(options, key=lambda k: (score(chosen + [k]), k))
         chosen.append(best)
-    exchanges = 0
-    for _ in range(max_rounds):
+    exchanges, converged = 0, False
+    while exchanges < max_exchanges:
         current = score(chosen)
         best_move = None
         for position, old in enumerate(chosen):
@@ -157,6 +155,7 @@ def choose_tracks(matrices: np.ndarray, values: Dict[str, float], n: int, *, goa
                 if trial < current * (1.0 - 1e-9):
                     current, best_move = trial, (position, k)
         if best_move is None:
+            converged = True
             break
         chosen[best_move[0]] = best_move[1]
         exchanges += 1
@@ -164,7 +163,7 @@ def choose_tracks(matrices: np.ndarray, values: Dict[str, float], n: int, *, goa
     total = matrices[chosen].sum(axis=0)
     rel = relative_sigma(total, value)
     return Choice(indices=chosen, relative_sigma=dict(zip(names, map(float, rel))),
-                  criterion=float(np.max(rel / goal)), exchanges=exchanges)
+                  criterion=float(np.max(rel / goal)), exchanges=exchanges, converged=converged)
 
 
 def combined_relative_sigma(matrices: np.ndarray, values: Dict[str, float], indices: Sequence[int]) -> Dict[str, float]:
@@ -224,8 +223,3 @@ def candidate_fisher(rows: np.ndarray, candidates: Sequence[Candidate], names: S
         if bar is not None:
             bar.close()
     return matrices, walls, warned
-
-
-def finite(x: float) -> Optional[float]:
-    """JSON-safe number (None for inf/NaN)."""
-    return float(x) if math.isfinite(x) else None

@@ -183,7 +183,7 @@ class TestSelectCommand:
         (["--n", "4"], "only 3 event(s)"),
         (["--n", "0"], "--n must be at least 1"),
         (["--params", "Ab", "nonsense"], "unknown parameter"),
-        (["--goal", "kb=0.1"], "--goal names a parameter not in --params"),
+        (["--goal", "kb=0.1"], "--goal names parameter(s) not in --params: kb"),
         (["--min-length", "50"], "no track passes the selection"),
         (["--min-length", "nan"], "--min-length must be a finite number"),
     ])
@@ -197,10 +197,61 @@ class TestSelectCommand:
     def test_missing_and_wrong_input(self, tmp_path, capsys):
         assert main(["select", "--input", str(tmp_path / "none.h5"), "--out", str(tmp_path / "o.h5")]) == 2
         assert "no such file" in capsys.readouterr().err
+        assert main(["select", "--input", str(tmp_path), "--out", str(tmp_path / "o.h5")]) == 2
+        assert "not a file" in capsys.readouterr().err
         bad = tmp_path / "bad.h5"
         bad.write_text("not hdf5")
         assert main(["select", "--input", str(bad), "--out", str(tmp_path / "o.h5")]) == 2
         assert "cannot open as HDF5" in capsys.readouterr().err
+
+    def test_reuse_of_a_report_of_another_input_is_refused(self, short_tracks, tmp_path, capsys):
+        first = tmp_path / "a.h5"
+        assert main(["select", "--input", str(short_tracks), "--n", "2", "--out", str(first), *SHORT]) == 0
+        other = tmp_path / "other_muons.h5"
+        write_example(other, n_events=3, tracks_per_event=1, seed=6, kind="steep", cot_theta=(1.0, 1.0),
+                      drift_extent=(2.1, 2.1))
+        capsys.readouterr()
+        assert main(["select", "--input", str(other), "--n", "2", "--out", str(tmp_path / "b.h5"), "--reuse",
+                     str(tmp_path / "a.json"), *SHORT]) == 2
+        assert "made from another input" in capsys.readouterr().err
+
+    @pytest.mark.parametrize("names", [("sel.png", None), ("sel.h5", "sel.png"), ("sel.h5", "sel.h5")])
+    def test_outputs_that_would_overwrite_each_other_are_refused(self, short_tracks, tmp_path, capsys, names):
+        out, report = names
+        args = ["select", "--input", str(short_tracks), "--n", "2", "--out", str(tmp_path / out), *SHORT]
+        if report:
+            args += ["--report", str(tmp_path / report)]
+        assert main(args) == 2
+        assert "must be three different files" in capsys.readouterr().err
+        assert list(tmp_path.iterdir()) == []
+
+    def test_several_tracks_of_one_event_and_an_input_in_sparsetpc_frame(self, tmp_path, capsys):
+        from sparsetpc.segments import FRAME_SPARSETPC, swap_xz
+        edep = tmp_path / "one_event.h5"
+        write_example(edep, n_events=1, tracks_per_event=3, seed=7, kind="steep", cot_theta=(1.0, 1.0),
+                      drift_extent=(2.1, 2.1))
+        assert main(["select", "--input", str(edep), "--n", "2", "--out", str(tmp_path / "o.h5"), *SHORT]) == 2
+        assert "only 1 event(s)" in capsys.readouterr().err
+        assert main(["select", "--input", str(edep), "--n", "2", "--out", str(tmp_path / "o.h5"), "--any-per-event",
+                     *SHORT]) == 0
+        report = json.loads((tmp_path / "o.json").read_text())
+        assert len(report["chosen"]) == 2 and len({e for e, _ in report["chosen"]}) == 1
+        # the same tracks stored in sparsetpc's frame (z = drift) give the same candidates and matrices
+        with h5py.File(edep) as f:
+            rows = f["segments"][()]
+        swapped = tmp_path / "swapped.h5"
+        with h5py.File(swapped, "w") as f:
+            f.create_dataset("segments", data=swap_xz(rows)).attrs["frame"] = FRAME_SPARSETPC
+        assert main(["select", "--input", str(swapped), "--n", "2", "--out", str(tmp_path / "s.h5"), "--any-per-event",
+                     *SHORT]) == 0
+        again = json.loads((tmp_path / "s.json").read_text())
+        assert again["chosen"] == report["chosen"]
+        for a, b in zip(again["candidates"], report["candidates"]):
+            np.testing.assert_allclose(a["fisher"], b["fisher"], rtol=1e-12)
+        with h5py.File(tmp_path / "s.h5") as f:
+            assert f["segments"].attrs["frame"] == FRAME_SPARSETPC
+            assert np.array_equal(f["segments"][()]["z_start"], swap_xz(rows)["z_start"][
+                np.isin(rows["trackID"], [t for _, t in report["chosen"]])])
 
     def test_reuse_of_a_file_that_is_not_a_report(self, short_tracks, tmp_path, capsys):
         other = tmp_path / "other.json"
