@@ -129,13 +129,17 @@ class TestChooseTracks:
         assert first_per_event(found, 9) == [0, 2, 3]
 
 
+def _short_muons(path, n_events=3, tracks_per_event=1, seed=5):
+    """Short straight muons (~3 cm, cot θ = 1) in edep-sim's frame."""
+    write_example(path, n_events=n_events, tracks_per_event=tracks_per_event, seed=seed, kind="steep",
+                  cot_theta=(1.0, 1.0), drift_extent=(2.1, 2.1))
+    return path
+
+
 @pytest.fixture(scope="module")
 def short_tracks(tmp_path_factory):
-    """Three events, one short straight muon each (~3 cm, cot θ = 1), in edep-sim's frame."""
-    path = tmp_path_factory.mktemp("select") / "muons.h5"
-    write_example(path, n_events=3, tracks_per_event=1, seed=5, kind="steep", cot_theta=(1.0, 1.0),
-                  drift_extent=(2.1, 2.1))
-    return path
+    """Three events, one short straight muon each."""
+    return _short_muons(tmp_path_factory.mktemp("select") / "muons.h5")
 
 
 SHORT = ["--min-length", "2", "--min-drift-extent", "1", "--params", "Ab", "lifetime", "tran_diff", "--no-progress"]
@@ -207,9 +211,7 @@ class TestSelectCommand:
     def test_reuse_of_a_report_of_another_input_is_refused(self, short_tracks, tmp_path, capsys):
         first = tmp_path / "a.h5"
         assert main(["select", "--input", str(short_tracks), "--n", "2", "--out", str(first), *SHORT]) == 0
-        other = tmp_path / "other_muons.h5"
-        write_example(other, n_events=3, tracks_per_event=1, seed=6, kind="steep", cot_theta=(1.0, 1.0),
-                      drift_extent=(2.1, 2.1))
+        other = _short_muons(tmp_path / "other_muons.h5", seed=6)
         capsys.readouterr()
         assert main(["select", "--input", str(other), "--n", "2", "--out", str(tmp_path / "b.h5"), "--reuse",
                      str(tmp_path / "a.json"), *SHORT]) == 2
@@ -227,9 +229,7 @@ class TestSelectCommand:
 
     def test_several_tracks_of_one_event_and_an_input_in_sparsetpc_frame(self, tmp_path, capsys):
         from sparsetpc.segments import FRAME_SPARSETPC, swap_xz
-        edep = tmp_path / "one_event.h5"
-        write_example(edep, n_events=1, tracks_per_event=3, seed=7, kind="steep", cot_theta=(1.0, 1.0),
-                      drift_extent=(2.1, 2.1))
+        edep = _short_muons(tmp_path / "one_event.h5", n_events=1, tracks_per_event=3, seed=7)
         assert main(["select", "--input", str(edep), "--n", "2", "--out", str(tmp_path / "o.h5"), *SHORT]) == 2
         assert "only 1 event(s)" in capsys.readouterr().err
         assert main(["select", "--input", str(edep), "--n", "2", "--out", str(tmp_path / "o.h5"), "--any-per-event",
