@@ -160,10 +160,9 @@ def choose_tracks(matrices: np.ndarray, values: Dict[str, float], n: int, *, goa
         chosen[best_move[0]] = best_move[1]
         exchanges += 1
     chosen = sorted(chosen)
-    total = matrices[chosen].sum(axis=0)
-    rel = relative_sigma(total, value)
-    return Choice(indices=chosen, relative_sigma=dict(zip(names, map(float, rel))),
-                  criterion=float(np.max(rel / goal)), exchanges=exchanges, converged=converged)
+    rel = combined_relative_sigma(matrices, values, chosen)
+    return Choice(indices=chosen, relative_sigma=rel, criterion=float(np.max([rel[k] for k in names] / goal)),
+                  exchanges=exchanges, converged=converged)
 
 
 def combined_relative_sigma(matrices: np.ndarray, values: Dict[str, float], indices: Sequence[int]) -> Dict[str, float]:
