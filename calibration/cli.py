@@ -170,6 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "objective (all batches); for deterministic (noise-free guess) fits (default 0; 500 for the "
                         "likelihood: it stops when converged)")
     g.add_argument("--polish-kwargs", default="{}", help="JSON kwargs of torch.optim.LBFGS for the polish")
+    g.add_argument("--precondition", choices=("auto", "fisher", "none"), default="auto",
+                   help="coordinates of the L-BFGS polish: 'fisher' whitens them by the expected Fisher information "
+                        "of the readout likelihood at the start of the polish (1 + 2P forward passes; the path "
+                        "changes, not the minimum nor the sigma); 'none' the internal units; 'auto' (default): "
+                        "fisher where it applies (likelihood loss, relaxed mode, float64, simulator forward)")
+    g.add_argument("--polish-edm", type=float, default=1e-6, metavar="E",
+                   help="with --precondition fisher, the polish has converged where the Fisher information's "
+                        "estimate of the distance to the minimum, 1/2 g^T F^-1 g, is <= E (loss units; default "
+                        "1e-6; 0: only --polish-ftol)")
+    g.add_argument("--precondition-after", type=int, default=1, metavar="N",
+                   help="L-BFGS steps in the internal units before the polish moves to the whitened coordinates "
+                        "(default 1: far from the minimum the likelihood is not the quadratic the Fisher "
+                        "information describes)")
     g.add_argument("--polish-ftol", type=float, default=None,
                    help="the polish has converged when a step lowers the loss by <= FTOL*max(|loss|, 1)")
     g.add_argument("--polish-max-wall", type=float, default=None, metavar="S",
@@ -341,6 +354,8 @@ def check_arguments(args) -> None:
         _check_number(args, "stop_after", "--stop-after", minimum=0, integer=True)
         _check_number(args, "clip", "--clip", minimum=0)
         _check_number(args, "polish_ftol", "--polish-ftol", minimum=0)
+        _check_number(args, "precondition_after", "--precondition-after", minimum=0, integer=True)
+        _check_number(args, "polish_edm", "--polish-edm", minimum=0)
         for attr, option in (("max_wall", "--max-wall"), ("polish_max_wall", "--polish-max-wall"),
                              ("hessian_step", "--hessian-step"), ("errordef", "--errordef")):
             _check_number(args, attr, option, positive=True)
@@ -398,6 +413,9 @@ def check_arguments(args) -> None:
     _check_names(args.init_values_parsed, fitted, "--init-values")
     # losses
     args.loss_fn = _loss(args)
+    if fit and args.precondition == "fisher":
+        reason = _fisher_reason(args, args.paramset, DTYPES[args.dtype], args.mode)
+        _require(reason is None, f"--precondition fisher: {reason}")
     if not fit:
         args.scan_losses = {}
         for entry in args.losses:
@@ -574,6 +592,7 @@ def cmd_fit(args) -> int:
             hessian_step=args.hessian_step, errordef_up=args.errordef, plots=not args.no_plots,
             polish_lbfgs=args.polish_lbfgs, polish_kwargs=args.polish_kwargs_parsed, max_wall_s=args.max_wall,
             polish_max_wall_s=args.polish_max_wall, polish_ftol=args.polish_ftol,
+            polish_precondition_after=args.precondition_after, polish_edm=args.polish_edm,
             sigma_replicas=args.sigma_replicas, score_replicas=args.score_replicas)
         targets = None
         if args.target_file:
@@ -583,10 +602,11 @@ def cmd_fit(args) -> int:
                                    "readouts": int(len(target_table))}
         meta = {"input": info, "loss": args.loss_fn.describe(), "noise_target": noise_target,
                 "closure_seed": args.closure_seed, "argv": sys.argv, "definition": definition}
+        curvature = _curvature(args, forward, ps, dtype) if config.polish_lbfgs else None
         os.makedirs(args.out, exist_ok=True)
         fitter = Fitter(ps, forward, args.loss_fn, batches, config, targets=targets, target_values=target_values,
                         target_noise=noise_target, initial_values=init, fixed=args.fixed_values,
-                        out_dir=args.out, dist=dist, dtype=dtype, device=device, meta=meta)
+                        out_dir=args.out, dist=dist, dtype=dtype, device=device, meta=meta, curvature=curvature)
         result = fitter.run(resume=args.resume, resume_force=args.resume_force)
         if dist.is_main:
             if result.get("interrupted"):
@@ -596,6 +616,25 @@ def cmd_fit(args) -> int:
         return 0
     finally:
         dist.close()
+
+
+def _fisher_reason(args, ps, dtype, mode):
+    """Why the Fisher preconditioner does not apply to this fit (None where it does)."""
+    from .curvature import fisher_unavailable
+    if args.forward == "toy":
+        return "the forward model is the toy, not the simulator"
+    return fisher_unavailable(args.loss_fn, mode, ps, dtype)
+
+
+def _curvature(args, forward, ps, dtype):
+    """The polish's preconditioner (``--precondition``): a curvature.FisherCurvature or None."""
+    from .curvature import FisherCurvature
+    if args.precondition == "none" or _fisher_reason(args, ps, dtype, getattr(forward, "mode", None)) is not None:
+        return None          # "fisher" where it does not apply is refused by check_arguments
+    from sparsetpc.electronics import FrontEnd
+    front_end = FrontEnd(tick=forward.detector.tick,
+                         **({} if args.clock_phases is None else {"clock_phases": int(args.clock_phases)}))
+    return FisherCurvature(forward, ps.names, front_end=front_end)
 
 
 def _summary(result) -> None:

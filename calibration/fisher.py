@@ -143,11 +143,14 @@ def marginal_sigma(matrix: np.ndarray) -> np.ndarray:
     return np.sqrt(np.diag(inverse)) * scale
 
 
-def _evaluate(segments, detector, params, front_end, memory_budget):
+def _evaluate(segments, detector, params, front_end, memory_budget, simulate=None):
     import sparsetpc as st
     with torch.no_grad():
-        hits = st.simulate(segments, detector, params, mode="relaxed", front_end=front_end,
-                           memory_budget=memory_budget)
+        if simulate is not None:
+            hits = simulate(params, segments)
+        else:
+            hits = st.simulate(segments, detector, params, mode="relaxed", front_end=front_end,
+                               memory_budget=memory_budget)
     return readout_table(hits)
 
 
@@ -205,9 +208,12 @@ class ReadoutDerivatives:
 
 
 def readout_derivatives(segments, params, names: Sequence[str], *, detector=None, front_end=None,
-                        relative_step: float = 1e-4, memory_budget="1GB") -> ReadoutDerivatives:
+                        relative_step: float = 1e-4, memory_budget="1GB", simulate=None) -> ReadoutDerivatives:
     """Evaluate the relaxed model at ``params`` and at ±h_k of each parameter of ``names`` (h_k =
-    ``relative_step`` × |value|) and match the readouts by key.  See :class:`ReadoutDerivatives`."""
+    ``relative_step`` × |value|) and match the readouts by key.  See :class:`ReadoutDerivatives`.
+    ``simulate(params, segments) -> Hits``: the relaxed model to evaluate (e.g. a fit's own forward, with its
+    clock phases and field response); default ``sparsetpc.simulate`` with ``detector``, ``front_end`` and
+    ``memory_budget``."""
     import sparsetpc as st
     from sparsetpc.electronics import FrontEnd
     detector = detector or st.Detector.default()
@@ -217,7 +223,7 @@ def readout_derivatives(segments, params, names: Sequence[str], *, detector=None
     dtype, device = base.dtype, base.device
     if dtype != torch.float64:
         raise ValueError("the Fisher information is taken by finite differences: use float64 parameters")
-    tables = [_evaluate(segments, detector, base, front_end, memory_budget)]
+    tables = [_evaluate(segments, detector, base, front_end, memory_budget, simulate)]
     steps = {}
     for name in names:
         value = float(getattr(base, name))
@@ -225,7 +231,7 @@ def readout_derivatives(segments, params, names: Sequence[str], *, detector=None
         steps[name] = step
         for sign in (+1.0, -1.0):
             shifted = base.replace(**{name: value + sign * step})
-            tables.append(_evaluate(segments, detector, shifted, front_end, memory_budget))
+            tables.append(_evaluate(segments, detector, shifted, front_end, memory_budget, simulate))
     # the union of keys over all evaluations; values [E, U, 8] (weight 0 and present False where absent)
     all_keys = torch.cat([keys for keys, _ in tables])
     union, inverse = torch.unique(all_keys, dim=0, return_inverse=True)
@@ -249,7 +255,7 @@ def readout_derivatives(segments, params, names: Sequence[str], *, detector=None
 def expected_fisher(segments, params, names: Sequence[str], *, detector=None, front_end=None,
                     relative_step: float = 1e-4, memory_budget="1GB", count_floor: float = COUNT_FLOOR,
                     time_variance_floor: float = TIME_VARIANCE_FLOOR, max_correlation: float = MAX_CORRELATION,
-                    n_slots: Optional[int] = None, chain: bool = True) -> FisherInformation:
+                    n_slots: Optional[int] = None, chain: bool = True, simulate=None) -> FisherInformation:
     """Expected Fisher information of the readout likelihood of ``segments`` (st.Segments, z = drift) at
     ``params`` (st.Params, float64; its device is used) for the parameters ``names``.  See the module docstring.
 
@@ -257,7 +263,8 @@ def expected_fisher(segments, params, names: Sequence[str], *, detector=None, fr
     ``front_end``: the relaxed front end (``FrontEnd(clock_phases=K)``), default ``FrontEnd()`` at the
     detector's tick.  ``n_slots``: readouts per pixel (default ``front_end.max_readouts``).  ``chain``: the
     likelihood with the previous-readout covariances (slot s scored given slot s − 1's time, as ``HitsLoss``);
-    False: every slot by its marginal density (``readout_nll`` without them)."""
+    False: every slot by its marginal density (``readout_nll`` without them).  ``simulate``: as
+    :func:`readout_derivatives` (``front_end`` still gives the readouts per pixel)."""
     from sparsetpc.electronics import FrontEnd
     import sparsetpc as st
     detector = detector or st.Detector.default()
@@ -265,7 +272,8 @@ def expected_fisher(segments, params, names: Sequence[str], *, detector=None, fr
     n_slots = int(front_end.max_readouts if n_slots is None else n_slots)
     names = list(names)
     derivatives = readout_derivatives(segments, params, names, detector=detector, front_end=front_end,
-                                      relative_step=relative_step, memory_budget=memory_budget)
+                                      relative_step=relative_step, memory_budget=memory_budget,
+                                      simulate=simulate)
     values = {n: float(getattr(params, n).detach()) for n in names}
     return fisher_from_derivatives(derivatives, n_slots, values=values, count_floor=count_floor,
                                    time_variance_floor=time_variance_floor, max_correlation=max_correlation,

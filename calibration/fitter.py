@@ -62,6 +62,11 @@ class FitConfig:
     max_wall_s: Optional[float] = None          # leave the main loop once this much wall time is spent
     polish_max_wall_s: Optional[float] = None   # no new polish step once the polish has run this long
     polish_ftol: float = 1e-12                  # polish converged when a step lowers the loss by <= ftol*max(|f|, 1)
+    polish_edm: float = 1e-6                    # with a curvature: the whitened polish has converged at a point
+                                                # where ½ gᵀC⁻¹g (loss units) is at most this (0: off)
+    polish_plain_iterations: int = 10           # with a curvature: L-BFGS iterations of a step in internal units
+    polish_precondition_after: int = 1          # with a curvature (Fitter(curvature=...)): L-BFGS steps in the
+                                                # internal units before the polish moves to the whitened ones
     sigma_replicas: int = 0                     # χ² loss: per-readout σ_ADC from this many noisy replicas of the
                                                 # guess at the initial values (readout_sigma.py); 0 = noise model
     score_replicas: int = 0                     # likelihood / χ²: also the sandwich σ whose score covariance is
@@ -84,6 +89,19 @@ class _PolishWallTime(Exception):
     """Raised inside an L-BFGS step when the polish's wall time is spent (see Fitter._polish)."""
 
 
+#: curvature computations per polish at most (one per L-BFGS start, and per step whose Newton trial failed)
+MAX_CURVATURES = 4
+
+
+class _PolishConverged(Exception):
+    """Raised inside a whitened L-BFGS step at a point whose estimated distance to the minimum is below
+    ``polish_edm`` (see Fitter._polish)."""
+
+    def __init__(self, point, loss):
+        super().__init__()
+        self.point, self.loss = point, loss
+
+
 def _check_config(config: FitConfig) -> None:
     """Refuse settings that cannot work, before any simulation (the CLI checks its arguments the same way)."""
     if config.iterations < 0:
@@ -96,6 +114,12 @@ def _check_config(config: FitConfig) -> None:
             raise ValueError(f"{name} must be a positive number of seconds, got {value}")
     if config.polish_lbfgs < 0:
         raise ValueError(f"polish_lbfgs must be >= 0, got {config.polish_lbfgs}")
+    if not (config.polish_edm >= 0 and math.isfinite(config.polish_edm)):
+        raise ValueError(f"polish_edm must be a finite number >= 0, got {config.polish_edm}")
+    if config.polish_plain_iterations < 1:
+        raise ValueError(f"polish_plain_iterations must be >= 1, got {config.polish_plain_iterations}")
+    if config.polish_precondition_after < 0:
+        raise ValueError(f"polish_precondition_after must be >= 0, got {config.polish_precondition_after}")
     if config.score_replicas != 0 and config.score_replicas < MIN_SCORE_REPLICAS:
         raise ValueError(f"score_replicas must be 0 or >= {MIN_SCORE_REPLICAS} (a covariance of the score), "
                          f"got {config.score_replicas}")
@@ -107,7 +131,10 @@ class Fitter:
                  target_values: Optional[Mapping[str, float]] = None, target_noise: bool = False,
                  initial_values: Optional[Mapping[str, float]] = None, fixed: Optional[Mapping[str, float]] = None,
                  out_dir: Optional[str] = None, dist: Optional[DistContext] = None, dtype=torch.float64,
-                 device="cpu", meta: Optional[Mapping] = None):
+                 device="cpu", meta: Optional[Mapping] = None, curvature: Optional[Callable] = None):
+        """``curvature(params, data) -> [P, P]``: an approximation of the Hessian of the total objective of one
+        batch in physical units (e.g. ``curvature.FisherCurvature``); when given, the L-BFGS polish runs in
+        the coordinates it whitens (see ``_polish``)."""
         if not batches:
             raise ValueError("no batch to fit (did the selection keep any track?)")
         if config.optimizer not in OPTIMIZERS:
@@ -123,6 +150,7 @@ class Fitter:
         self.out_dir = out_dir
         self.fixed = dict(fixed or {})
         self.meta = dict(meta or {})
+        self.curvature = curvature
         self.batches = list(batches)
         self.local_batches = [self.dist.shard(b) for b in self.batches]
         self.target_values = None if target_values is None else {k: float(v) for k, v in target_values.items()}
@@ -428,11 +456,38 @@ class Fitter:
                 last[key] = self.evaluate(point)
                 n_eval[0] += 1
                 value = float(last[key][0])
-                if math.isfinite(value) and value < best["loss"]:
-                    best.update(loss=value, point=point.detach().clone())
+                if finite(*last[key]) and value < best["loss"]:
+                    best.update(loss=value, point=point.detach().clone(), grad=last[key][1].detach().clone())
             return last[key]
 
-        losses, restarts = [], 0
+        def finite(loss, grad):
+            return math.isfinite(float(loss)) and bool(torch.isfinite(grad).all())
+
+        def newton_trial(theta, loss_here, grad_here, free, whiten):
+            """The curvature's Newton step θ_free − C⁻¹g (C⁻¹ = RRᵀ) clamped into the bounds, kept where it
+            lowers the loss (one evaluation where the L-BFGS's first step, 1/|g|₁ long, would take several to
+            extrapolate to it).  Also says whether the curvature is trusted here: the step lowered the loss by at
+            least a quarter of the ½gᵀC⁻¹g the quadratic predicts (a trust region's test)."""
+            whitened_gradient = whiten.T @ grad_here[free]
+            predicted = 0.5 * float(whitened_gradient.pow(2).sum())
+            trial = theta.clone()
+            trial[free] = trial[free] - whiten @ whitened_gradient
+            trial = torch.minimum(torch.maximum(trial, lo), hi)
+            loss_trial, grad_trial = full(trial)
+            preconditioner["newton_trials"] += 1
+            if not (finite(loss_trial, grad_trial) and float(loss_trial) < float(loss_here)):
+                return theta, loss_here, grad_here, False
+            preconditioner["newton_accepted"] += 1
+            trusted = float(loss_here) - float(loss_trial) >= 0.25 * predicted
+            return trial, loss_trial, grad_trial, trusted
+
+        losses, restarts, non_finite, plain_again = [], 0, 0, False
+        preconditioner = {"computations": 0, "wall_time_s": 0.0, "fallbacks": 0, "newton_trials": 0,
+                          "newton_accepted": 0, "after_steps": cfg.polish_precondition_after,
+                          "source": None if self.curvature is None else
+                          (self.curvature.describe() if callable(getattr(self.curvature, "describe", None))
+                           else repr(self.curvature))}
+        whiten = anchor = None
         stop = "steps done"
         bar = None
         if cfg.progress and self.dist.is_main:
@@ -447,34 +502,74 @@ class Fitter:
                 stop = "every parameter held at a bound"
                 break
             if opt is None:
-                x = theta[free].clone().requires_grad_(True)
-                opt = torch.optim.LBFGS([x], **kwargs)
+                # the L-BFGS variable: x = θ_free itself, or with a curvature the whitened φ, θ_free = anchor + Rφ
+                # (from step polish_precondition_after on: far from the minimum, e.g. a drift velocity whose
+                # times miss the target's by many σ, the likelihood is not the quadratic the curvature describes)
+                whiten = None
+                if (self.curvature is not None and k >= cfg.polish_precondition_after
+                        and preconditioner["computations"] < MAX_CURVATURES):
+                    whiten = self._whitening(theta, free, preconditioner)
+                    if whiten is not None:
+                        try:
+                            theta, loss_here, grad_here, trusted = newton_trial(theta, loss_here, grad_here, free,
+                                                                                whiten)
+                        except _PolishWallTime:
+                            stop = "polish wall time"
+                            break
+                        if not trusted and preconditioner["computations"] < MAX_CURVATURES:
+                            # the quadratic the curvature describes is not the loss here: one more plain step
+                            whiten, plain_again = None, True
+                anchor = theta[free].clone()
+                x = (anchor.clone() if whiten is None else torch.zeros_like(anchor)).requires_grad_(True)
+                # plain steps that only bring the fit near the minimum, for the curvature to take over: fewer
+                # iterations each
+                step_kwargs = kwargs
+                if self.curvature is not None and (k < cfg.polish_precondition_after or plain_again):
+                    step_kwargs = {**kwargs, "max_iter": min(kwargs["max_iter"], cfg.polish_plain_iterations)}
+                opt = torch.optim.LBFGS([x], **step_kwargs)
                 restarts += 1
+
+            def position():
+                return x.detach() if whiten is None else anchor + whiten @ x.detach()
 
             def closure():
                 # outside the bounds the objective is continued from the clamped point c:
                 # f(c) + g(c)·(θ − c) + ½κ|θ − c|² (C¹, steep, pulls back inside); κ = 10⁴·(|f(c)| + 10⁻³⁰⁰)
                 opt.zero_grad()
                 probe = theta.clone()
-                probe[free] = x.detach()
+                probe[free] = position()
                 point = torch.minimum(torch.maximum(probe, lo), hi)
                 loss, grad = full(point)
+                if not finite(loss, grad) and best["point"] is not None:
+                    # the model is not finite there (e.g. an unphysical value of a parameter without bounds):
+                    # continued the same way from the best point, so that the line search backs off
+                    point = best["point"]
+                    loss, grad = torch.as_tensor(best["loss"], dtype=theta.dtype), best["grad"]
                 out = (probe - point)[free]
+                if whiten is not None and cfg.polish_edm > 0 and not bool((out != 0).any()) and finite(loss, grad):
+                    # the curvature's estimate of the distance to the minimum, ½ gᵀC⁻¹g = ½|Rᵀg|²
+                    edm = 0.5 * float((whiten.T @ grad[free].detach()).pow(2).sum())
+                    if edm <= cfg.polish_edm:
+                        raise _PolishConverged(point.detach().clone(), loss.detach())
                 kappa = 1e4 * (abs(float(loss)) + 1e-300)
-                x.grad = grad[free].detach() + kappa * out
+                grad_free = grad[free].detach() + kappa * out
+                x.grad = grad_free if whiten is None else whiten.T @ grad_free
                 return loss.detach() + (grad[free].detach() * out).sum() + 0.5 * kappa * out.pow(2).sum()
 
             values = ps.physical_values([theta[i] for i in range(theta.numel())])
+            converged_inside = False
             try:
                 loss = opt.step(closure)
+                moved = theta.clone()
+                moved[free] = position()
             except _PolishWallTime:
                 # inside a step: end at the best point evaluated (inside the bounds: every evaluation is clamped)
                 if best["point"] is not None:
                     theta = best["point"]
                 stop = "polish wall time"
                 break
-            moved = theta.clone()
-            moved[free] = x.detach()
+            except _PolishConverged as done:
+                converged_inside, moved, loss = True, done.point, done.loss
             theta = torch.minimum(torch.maximum(moved, lo), hi)
             losses.append(float(loss))
             grads = [float(g) for g in grad_here]
@@ -486,22 +581,34 @@ class Fitter:
                 bar.update(1)
                 bar.set_postfix({"loss": f"{float(loss_here):.6g}", "evaluations": n_eval[0],
                                  **{k: f"{v:.4g}" for k, v in ps.physical_values([theta[i] for i in range(theta.numel())]).items()}})
-            if not all(math.isfinite(g) for g in grads) or not math.isfinite(float(loss_here)):
-                stop = "non-finite loss or gradient"
-                break
+            if not finite(loss_here, grad_here):
+                # the step ended where the model is not finite: back to the best point, the memory restarted
+                non_finite += 1
+                if best["point"] is None or non_finite > 3:
+                    stop = "non-finite loss or gradient"
+                    break
+                theta = best["point"].clone()
+                loss_here, grad_here = full(theta)
+                opt = None
+                continue
             projected = theta != moved
             if bool(projected.any()):
                 held = held | projected                    # reached a bound: hold it, restart the memory
                 opt = None
-            elif float(previous) - float(loss_here) <= cfg.polish_ftol * max(abs(float(previous)), abs(float(loss_here)), 1.0):
+            elif converged_inside or (float(previous) - float(loss_here)
+                                      <= cfg.polish_ftol * max(abs(float(previous)), abs(float(loss_here)), 1.0)):
                 # converged on the free parameters (scipy's ftol test): release the held ones whose gradient now
                 # points inwards
                 release = held & (((theta <= lo) & (grad_here < 0)) | ((theta >= hi) & (grad_here > 0)))
                 if not bool(release.any()):
-                    stop = "converged (decrease over a whole step <= polish_ftol)"
+                    stop = ("converged (estimated distance to the minimum by the curvature <= polish_edm)"
+                            if converged_inside else "converged (decrease over a whole step <= polish_ftol)")
                     break
                 held = held & ~release
                 opt = None
+            if self.curvature is not None and (k + 1 == cfg.polish_precondition_after or plain_again):
+                opt = None                                 # the next step tries the whitened coordinates
+                plain_again = False
             if cfg.polish_max_wall_s is not None and time.perf_counter() - t0 > cfg.polish_max_wall_s:
                 stop = "polish wall time"
                 break
@@ -511,7 +618,40 @@ class Fitter:
             for i, leaf in enumerate(leaves):
                 leaf.copy_(theta[i])
         return {"steps": len(losses), "evaluations": n_eval[0], "losses": losses, "stopped": stop,
-                "lbfgs_starts": restarts, "wall_time_s": time.perf_counter() - t0, "kwargs": kwargs}
+                "lbfgs_starts": restarts, "non_finite_returns": non_finite, "wall_time_s": time.perf_counter() - t0, "kwargs": kwargs,
+                "preconditioner": preconditioner if self.curvature is not None else None}
+
+    def _curvature_internal(self, theta: torch.Tensor) -> np.ndarray:
+        """The ``curvature`` hook summed over the batches (all ranks) at the internal point ``theta``, in internal
+        units (Jᵀ C J, J = d physical / d internal)."""
+        ps = self.paramset
+        leaves = [theta[k].detach().clone() for k in range(theta.numel())]
+        params = ps.build_params(leaves, self.base)
+        total = torch.zeros((len(leaves), len(leaves)), dtype=torch.float64, device=self.device)
+        for batch in self.local_batches:
+            if batch.n_units:
+                total += torch.as_tensor(np.asarray(self.curvature(params, batch.data), dtype=np.float64),
+                                         device=self.device)
+        if self.dist.enabled:
+            import torch.distributed as tdist
+            tdist.all_reduce(total, op=tdist.ReduceOp.SUM)
+        jac = np.asarray(ps.jacobians(ps.physical_values(leaves)), dtype=np.float64)
+        return jac[:, None] * total.cpu().numpy() * jac[None, :]
+
+    def _whitening(self, theta: torch.Tensor, free: torch.Tensor, record: dict) -> Optional[torch.Tensor]:
+        """R [F, F] (θ's dtype and device) whitening the curvature of the free parameters at ``theta``, or None
+        (the L-BFGS then runs in θ itself) where that curvature is not finite or has no positive eigenvalue."""
+        from .curvature import whitening
+        start = time.perf_counter()
+        curvature = self._curvature_internal(theta)
+        index = np.flatnonzero(free.cpu().numpy())
+        whiten = whitening(curvature[np.ix_(index, index)])
+        record["computations"] += 1
+        record["wall_time_s"] += time.perf_counter() - start
+        if whiten is None:
+            record["fallbacks"] += 1
+            return None
+        return torch.as_tensor(whiten, dtype=theta.dtype, device=theta.device)
 
     # ------------------------------------------------------------------ end of fit
     def _replica_sandwich(self, theta: torch.Tensor, hess, statistical: bool, up: float) -> Dict[str, Any]:
