@@ -172,9 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--polish-kwargs", default="{}", help="JSON kwargs of torch.optim.LBFGS for the polish")
     g.add_argument("--precondition", choices=("auto", "fisher", "none"), default="auto",
                    help="coordinates of the L-BFGS polish: 'fisher' whitens them by the expected Fisher information "
-                        "of the readout likelihood at the start of the polish (1 + 2P forward passes; the path "
-                        "changes, not the minimum nor the sigma); 'none' the internal units; 'auto' (default): "
-                        "fisher where it applies (likelihood loss, relaxed mode, float64, simulator forward)")
+                        "of the readout likelihood, computed after --precondition-after plain steps (1 + 2P forward "
+                        "passes; the path changes, not the minimum nor the sigma); 'none' the internal units; "
+                        "'auto' (default): fisher where it applies (likelihood loss, relaxed mode, float64, "
+                        "simulator forward)")
     g.add_argument("--polish-edm", type=float, default=1e-6, metavar="E",
                    help="with --precondition fisher, the polish has converged where the Fisher information's "
                         "estimate of the distance to the minimum, 1/2 g^T F^-1 g, is <= E (loss units; default "

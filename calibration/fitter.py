@@ -91,6 +91,9 @@ class _PolishWallTime(Exception):
 
 #: curvature computations per polish at most (one per L-BFGS start, and per step whose Newton trial failed)
 MAX_CURVATURES = 4
+#: the likelihood's goodness of fit below which the polish trusts the Fisher information (mean χ² per target
+#: readout; 2 where the model describes the data)
+MAX_MEAN_CHI2 = 4.0
 
 
 class _PolishConverged(Exception):
@@ -253,7 +256,7 @@ class Fitter:
         leaves = [theta[k].detach().clone().requires_grad_(need_grad) for k in range(theta.numel())]
         total_loss = torch.zeros((), dtype=self.dtype, device=self.device)
         grad_sum = torch.zeros(len(leaves), dtype=self.dtype, device=self.device)
-        n_total = 0
+        n_total, chi2_sum, chi2_readouts = 0, 0.0, 0
         for b, batch in enumerate(self.local_batches):
             if batch.n_units == 0:
                 continue
@@ -268,11 +271,19 @@ class Fitter:
                     batch_gradients.append(batch_grad.detach().cpu().numpy())
             total_loss += loss.detach() * batch.n_units
             n_total += batch.n_units
+            counts = getattr(self.loss_fn, "last_counts", None)
+            if isinstance(counts, dict) and "chi2_sum" in counts:
+                chi2_sum += counts["chi2_sum"]
+                chi2_readouts += counts["chi2_readouts"]
         packed = torch.cat([grad_sum, total_loss.reshape(1),
-                            torch.tensor([float(n_total)], dtype=self.dtype, device=self.device)])
+                            torch.tensor([float(n_total), chi2_sum, float(chi2_readouts)], dtype=self.dtype,
+                                         device=self.device)])
         if self.dist.enabled:
             import torch.distributed as tdist
             tdist.all_reduce(packed, op=tdist.ReduceOp.SUM)
+        # the likelihood's goodness of fit at this point: the target readouts' mean χ² (None for other losses)
+        self.last_mean_chi2 = float(packed[-2] / packed[-1]) if float(packed[-1]) > 0 else None
+        packed = packed[:-2]
         n = packed[-1].clamp_min(1.0)
         if total:
             return packed[-2], packed[:-2]
@@ -454,6 +465,8 @@ class Fitter:
                     raise _PolishWallTime()
                 last.clear()
                 last[key] = self.evaluate(point)
+                fit_quality.clear()
+                fit_quality[key] = getattr(self, "last_mean_chi2", None)
                 n_eval[0] += 1
                 value = float(last[key][0])
                 if finite(*last[key]) and value < best["loss"]:
@@ -462,6 +475,18 @@ class Fitter:
 
         def finite(loss, grad):
             return math.isfinite(float(loss)) and bool(torch.isfinite(grad).all())
+
+        fit_quality = {}
+
+        def described(point):
+            """Does the model describe the target at ``point`` (the last one evaluated)?  The Fisher information
+            is the likelihood's curvature only there: the target readouts' mean χ² against the model's Gaussian
+            is at most MAX_MEAN_CHI2 (2 where the model is right; far from the minimum, e.g. a drift velocity
+            that shifts every time by many σ, the readouts sit in the likelihood's flat outlier tails, its
+            gradient vanishes and the expected information promises a curvature the loss does not have).  True
+            for a loss that reports no χ²."""
+            value = fit_quality.get(point.detach().cpu().numpy().tobytes())
+            return value is None or value <= MAX_MEAN_CHI2
 
         def newton_trial(theta, loss_here, grad_here, free, whiten):
             """The curvature's Newton step θ_free − C⁻¹g (C⁻¹ = RRᵀ) clamped into the bounds, kept where it
@@ -481,9 +506,20 @@ class Fitter:
             trusted = float(loss_here) - float(loss_trial) >= 0.25 * predicted
             return trial, loss_trial, grad_trial, trusted
 
-        losses, restarts, non_finite, plain_again = [], 0, 0, False
+        def switch_ready(step):
+            """May step ``step`` start in the whitened coordinates?  After ``polish_precondition_after`` plain
+            steps, at most MAX_CURVATURES computations of the curvature, and where the model describes the
+            target (else the plain L-BFGS goes on, its memory kept)."""
+            if step < cfg.polish_precondition_after or preconditioner["computations"] >= MAX_CURVATURES:
+                return False
+            if not described(theta):
+                preconditioner["waits"] += 1
+                return False
+            return True
+
+        losses, restarts, non_finite = [], 0, 0
         preconditioner = {"computations": 0, "wall_time_s": 0.0, "fallbacks": 0, "newton_trials": 0,
-                          "newton_accepted": 0, "after_steps": cfg.polish_precondition_after,
+                          "newton_accepted": 0, "waits": 0, "after_steps": cfg.polish_precondition_after,
                           "source": None if self.curvature is None else
                           (self.curvature.describe() if callable(getattr(self.curvature, "describe", None))
                            else repr(self.curvature))}
@@ -506,8 +542,7 @@ class Fitter:
                 # (from step polish_precondition_after on: far from the minimum, e.g. a drift velocity whose
                 # times miss the target's by many σ, the likelihood is not the quadratic the curvature describes)
                 whiten = None
-                if (self.curvature is not None and k >= cfg.polish_precondition_after
-                        and preconditioner["computations"] < MAX_CURVATURES):
+                if self.curvature is not None and switch_ready(k):
                     whiten = self._whitening(theta, free, preconditioner)
                     if whiten is not None:
                         try:
@@ -517,14 +552,13 @@ class Fitter:
                             stop = "polish wall time"
                             break
                         if not trusted and preconditioner["computations"] < MAX_CURVATURES:
-                            # the quadratic the curvature describes is not the loss here: one more plain step
-                            whiten, plain_again = None, True
+                            whiten = None   # the quadratic the curvature describes is not the loss here: plain
                 anchor = theta[free].clone()
                 x = (anchor.clone() if whiten is None else torch.zeros_like(anchor)).requires_grad_(True)
                 # plain steps that only bring the fit near the minimum, for the curvature to take over: fewer
                 # iterations each
                 step_kwargs = kwargs
-                if self.curvature is not None and (k < cfg.polish_precondition_after or plain_again):
+                if self.curvature is not None and whiten is None and preconditioner["computations"] < MAX_CURVATURES:
                     step_kwargs = {**kwargs, "max_iter": min(kwargs["max_iter"], cfg.polish_plain_iterations)}
                 opt = torch.optim.LBFGS([x], **step_kwargs)
                 restarts += 1
@@ -546,7 +580,8 @@ class Fitter:
                     point = best["point"]
                     loss, grad = torch.as_tensor(best["loss"], dtype=theta.dtype), best["grad"]
                 out = (probe - point)[free]
-                if whiten is not None and cfg.polish_edm > 0 and not bool((out != 0).any()) and finite(loss, grad):
+                if (whiten is not None and cfg.polish_edm > 0 and not bool((out != 0).any()) and finite(loss, grad)
+                        and described(point)):
                     # the curvature's estimate of the distance to the minimum, ½ gᵀC⁻¹g = ½|Rᵀg|²
                     edm = 0.5 * float((whiten.T @ grad[free].detach()).pow(2).sum())
                     if edm <= cfg.polish_edm:
@@ -606,9 +641,8 @@ class Fitter:
                     break
                 held = held & ~release
                 opt = None
-            if self.curvature is not None and (k + 1 == cfg.polish_precondition_after or plain_again):
+            if self.curvature is not None and whiten is None and opt is not None and switch_ready(k + 1):
                 opt = None                                 # the next step tries the whitened coordinates
-                plain_again = False
             if cfg.polish_max_wall_s is not None and time.perf_counter() - t0 > cfg.polish_max_wall_s:
                 stop = "polish wall time"
                 break

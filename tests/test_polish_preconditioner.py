@@ -9,7 +9,7 @@ import torch
 
 from calibration.batching import row_batches
 from calibration.curvature import FisherCurvature, fisher_unavailable, whitening
-from calibration.fitter import MAX_CURVATURES, FitConfig, Fitter
+from calibration.fitter import MAX_CURVATURES, MAX_MEAN_CHI2, FitConfig, Fitter
 from calibration.losses import HitsLoss
 from calibration.paramsets import ParamSet, ParamSpec
 from calibration.toy import ToyForward, make_toy_tracks
@@ -19,11 +19,14 @@ N_TRACKS = 40            # in batches of 2: enough for the four parameters to ha
 
 
 class _Chi2:
-    """χ² of the toy's ADC with its noise RMS, per unit (a statistical loss: the fitter sums it over units)."""
+    """χ² of the toy's ADC with its noise RMS, per unit (a statistical loss: the fitter sums it over units); like
+    the readout likelihood it reports the readouts' χ² (goodness of fit: 1 per readout at the truth)."""
     chi2 = True
 
     def __call__(self, guess, target, n_units=None):
-        return ((guess.adc - target.adc) / NOISE_ADC).pow(2).sum() / n_units
+        chi2 = ((guess.adc - target.adc) / NOISE_ADC).pow(2)
+        self.last_counts = {"chi2_sum": float(chi2.detach().sum()), "chi2_readouts": int(chi2.numel())}
+        return chi2.sum() / n_units
 
 
 class _GaussNewton:
@@ -129,6 +132,30 @@ class TestPreconditionedPolish:
         for name in NAMES:
             sigma = plain["params"][name]["sigma"]
             assert abs(result["params"][name]["fitted"] - plain["params"][name]["fitted"]) < 1e-2 * sigma
+
+    def test_waits_until_the_model_describes_the_target(self):
+        # started far (Ab −14 %, lifetime ×0.4): the mean χ² per readout is far above MAX_MEAN_CHI2, and still above
+        # it after the first plain step (2 iterations here), so the plain L-BFGS goes on (memory kept) before the
+        # curvature is computed
+        start = {"Ab": 0.72, "kb": 0.048, "lifetime": 1100.0, "long_diff": 4.0e-6}
+        ps = ParamSet.from_names(NAMES, lr=0.02, default_bounds=False)
+        make = lambda curvature: Fitter(
+            ps, ToyForward(), _Chi2(), row_batches(make_toy_tracks(N_TRACKS, seed=2), 2),
+            FitConfig(iterations=0, polish_lbfgs=60, progress=False, plots=False, hessian=True, seed=3,
+                      polish_ftol=1e-14, polish_plain_iterations=2), target_values=TARGET, target_noise=True,
+            initial_values=start,
+            curvature=curvature)
+        first = make(None)
+        theta = torch.tensor([s.to_internal(start[s.name]) for s in ps], dtype=torch.float64)
+        first.evaluate(theta, need_grad=False)
+        assert first.last_mean_chi2 > 5 * MAX_MEAN_CHI2
+        plain, whitened = first.run(), make(_GaussNewton(NAMES)).run()
+        pre = whitened["polish"]["preconditioner"]
+        assert pre["waits"] >= 1 and pre["computations"] >= 1, pre
+        assert whitened["converged"] and plain["converged"]
+        for name in NAMES:
+            sigma = plain["params"][name]["sigma"]
+            assert abs(whitened["params"][name]["fitted"] - plain["params"][name]["fitted"]) < 1e-2 * sigma
 
     def test_holds_a_parameter_at_its_bound(self):
         # Ab's target lies outside its bounds: held at one, the others fitted in the whitened sub-block

@@ -250,6 +250,11 @@ def readout_nll(pixel_guess: torch.Tensor, slot_guess: torch.Tensor, weight: tor
     summary = {"pixels": int(n_pixels), "target_readouts": int(n_target),
                "expected_readouts": float(weight.detach().sum()),
                "target_slots_absent_in_model": int((~present).sum()) if n_target else 0}
+    if n_target and bool(present.any()):
+        # goodness of fit: the target readouts' χ² against the model's (conditional) Gaussian, 2 per readout on
+        # average where the model describes the data
+        summary["chi2_sum"] = float(chi2.detach()[present].sum())
+        summary["chi2_readouts"] = int(present.sum())
     if terms == "count":
         return count_term + zero, summary
     if terms == "value":
