@@ -40,7 +40,7 @@ class FisherCurvature:
             warnings.simplefilter("ignore", UserWarning)
             info = expected_fisher(segments, params, self.names, front_end=self.front_end,
                                    relative_step=self.relative_step,
-                                   simulate=lambda p, s: self.forward(p, s))
+                                   simulate=self.forward)
         return info.matrix
 
     def describe(self) -> dict:

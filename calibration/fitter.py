@@ -154,6 +154,7 @@ class Fitter:
         self.fixed = dict(fixed or {})
         self.meta = dict(meta or {})
         self.curvature = curvature
+        self.last_mean_chi2 = None       # goodness of fit of the last evaluate() (the likelihood's mean χ²)
         self.batches = list(batches)
         self.local_batches = [self.dist.shard(b) for b in self.batches]
         self.target_values = None if target_values is None else {k: float(v) for k, v in target_values.items()}
@@ -464,19 +465,15 @@ class Fitter:
                         and time.perf_counter() - t0 > cfg.polish_max_wall_s):
                     raise _PolishWallTime()
                 last.clear()
-                last[key] = self.evaluate(point)
-                fit_quality.clear()
-                fit_quality[key] = getattr(self, "last_mean_chi2", None)
+                last[key] = (*self.evaluate(point), self.last_mean_chi2)
                 n_eval[0] += 1
                 value = float(last[key][0])
-                if finite(*last[key]) and value < best["loss"]:
+                if finite(*last[key][:2]) and value < best["loss"]:
                     best.update(loss=value, point=point.detach().clone(), grad=last[key][1].detach().clone())
-            return last[key]
+            return last[key][:2]
 
         def finite(loss, grad):
             return math.isfinite(float(loss)) and bool(torch.isfinite(grad).all())
-
-        fit_quality = {}
 
         def described(point):
             """Does the model describe the target at ``point`` (the last one evaluated)?  The Fisher information
@@ -485,7 +482,7 @@ class Fitter:
             that shifts every time by many σ, the readouts sit in the likelihood's flat outlier tails, its
             gradient vanishes and the expected information promises a curvature the loss does not have).  True
             for a loss that reports no χ²."""
-            value = fit_quality.get(point.detach().cpu().numpy().tobytes())
+            value = last.get(point.detach().cpu().numpy().tobytes(), (None, None, None))[2]
             return value is None or value <= MAX_MEAN_CHI2
 
         def newton_trial(theta, loss_here, grad_here, free, whiten):

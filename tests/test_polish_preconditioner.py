@@ -1,8 +1,6 @@
 """The L-BFGS polish run in the coordinates whitened by a curvature (calibration/curvature.py): same minimum, fewer
 evaluations on a badly scaled problem, bounds still held, a useless curvature falls back; the Fisher curvature of
 the simulator is the Fisher information computed directly; the CLI option."""
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -60,13 +58,17 @@ NAMES = ["Ab", "kb", "lifetime", "long_diff"]
 TARGET = {"Ab": 0.83, "kb": 0.052, "lifetime": 2700.0, "long_diff": 5.0e-6}
 
 
-def _fit(curvature=None, specs=None, target=TARGET, seed=3, **config):
-    ps = ParamSet(specs) if specs is not None else ParamSet.from_names(NAMES, lr=0.02)
+def _fitter(curvature=None, specs=None, target=TARGET, seed=3, paramset=None, initial_values=None, **config):
+    ps = paramset or (ParamSet(specs) if specs is not None else ParamSet.from_names(NAMES, lr=0.02))
     settings = dict(iterations=0, polish_lbfgs=60, progress=False, plots=False, hessian=False, seed=seed,
                     polish_ftol=1e-14)
     settings.update(config)
     return Fitter(ps, ToyForward(), _Chi2(), row_batches(make_toy_tracks(N_TRACKS, seed=2), 2), FitConfig(**settings),
-                  target_values=target, target_noise=True, curvature=curvature).run()
+                  target_values=target, target_noise=True, initial_values=initial_values, curvature=curvature)
+
+
+def _fit(curvature=None, **options):
+    return _fitter(curvature, **options).run()
 
 
 class TestWhitening:
@@ -139,12 +141,8 @@ class TestPreconditionedPolish:
         # curvature is computed
         start = {"Ab": 0.72, "kb": 0.048, "lifetime": 1100.0, "long_diff": 4.0e-6}
         ps = ParamSet.from_names(NAMES, lr=0.02, default_bounds=False)
-        make = lambda curvature: Fitter(
-            ps, ToyForward(), _Chi2(), row_batches(make_toy_tracks(N_TRACKS, seed=2), 2),
-            FitConfig(iterations=0, polish_lbfgs=60, progress=False, plots=False, hessian=True, seed=3,
-                      polish_ftol=1e-14, polish_plain_iterations=2), target_values=TARGET, target_noise=True,
-            initial_values=start,
-            curvature=curvature)
+        make = lambda curvature: _fitter(curvature, paramset=ps, initial_values=start, hessian=True,
+                                         polish_plain_iterations=2)
         first = make(None)
         theta = torch.tensor([s.to_internal(start[s.name]) for s in ps], dtype=torch.float64)
         first.evaluate(theta, need_grad=False)
